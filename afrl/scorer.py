@@ -1,0 +1,131 @@
+"""The torch reference scorer: grade probabilities from one batched forward pass, no decoding.
+
+Export and service are checked against this. The grade logits are read at the last real (non-padding) position
+of each prompt, which is exactly the position whose logits `generate` samples the first new token from. Only the
+K+1 grade rows of the LM head are applied (a 49k-row head becomes 4 rows), and position ids are derived from
+the attention mask, so left- and right-padded batches give the same numbers as one-by-one scoring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from afrl.contract import GradeResult, GradeScale, Prompt, PromptBuilder, result_from_logits
+
+
+def pad_batch(
+    sequences: Sequence[Sequence[int]], pad_id: int, side: str = "right"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token id lists into (input_ids, attention_mask) tensors."""
+    if side not in ("left", "right"):
+        raise ValueError(f"padding side must be 'left' or 'right', got {side!r}")
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        n = len(seq)
+        sl = slice(width - n, width) if side == "left" else slice(0, n)
+        ids[i, sl] = torch.tensor(list(seq), dtype=torch.long)
+        mask[i, sl] = 1
+    return ids, mask
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, as `generate` does, so padding never shifts them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last position whose mask is 1, for either padding side."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask.long() * positions).argmax(-1)
+
+
+def grade_head(model: Any, grade_ids: Sequence[int]) -> torch.Tensor:
+    """The LM-head rows of the grade tokens: the sliced head, (K+1) x hidden."""
+    head = model.get_output_embeddings()
+    if getattr(head, "bias", None) is not None:
+        raise NotImplementedError("LM heads with a bias are not supported by the sliced scorer")
+    return head.weight[list(grade_ids)]
+
+
+def grade_logits(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, grade_ids: Sequence[int]
+) -> torch.Tensor:
+    """(batch, K+1) grade logits at the last real position, in float32."""
+    out = model.model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    )
+    hidden = out.last_hidden_state
+    last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_real_index(attention_mask)]
+    return (last @ grade_head(model, grade_ids).T).float()
+
+
+@dataclass
+class TorchScorer:
+    """Scores (query, document) pairs with a causal LM under the AFRL contract."""
+
+    model: Any
+    tokenizer: Any
+    builder: PromptBuilder
+    scale: GradeScale
+    batch_size: int = 16
+    padding_side: str = "right"
+
+    def __post_init__(self) -> None:
+        self.grade_ids = self.scale.token_ids(self.tokenizer)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else self.tokenizer.eos_token_id)
+
+    @torch.inference_mode()
+    def logits_for_prompts(self, prompts: Sequence[Prompt]) -> torch.Tensor:
+        """(n, K+1) grade logits; batches are formed in length order to waste little padding."""
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].input_ids))
+        out = torch.empty((len(prompts), len(self.grade_ids)), dtype=torch.float32)
+        device = next(self.model.parameters()).device
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            ids, mask = pad_batch([prompts[i].input_ids for i in idx], self.pad_id, self.padding_side)
+            out[idx] = grade_logits(self.model, ids.to(device), mask.to(device), self.grade_ids).cpu()
+        return out
+
+    def score(self, pairs: Sequence[tuple[str, str]], instruction: str | None = None) -> list[GradeResult]:
+        if not pairs:
+            return []
+        prompts = self.builder.build_many(pairs, instruction)
+        logits = self.logits_for_prompts(prompts)
+        return [result_from_logits(row.tolist()) for row in logits]
+
+    def rank(self, query: str, documents: Sequence[str], top_k: int | None = None) -> list[tuple[int, float]]:
+        """CrossEncoder-style: (index, score) of the documents, best first."""
+        results = self.score([(query, d) for d in documents])
+        ranked = sorted(enumerate(r.score for r in results), key=lambda x: -x[1])
+        return ranked[:top_k] if top_k is not None else ranked
+
+
+def load_scorer(spec: str, dtype: Any = None, batch_size: int = 16) -> TorchScorer:
+    """A TorchScorer for a model spec, with the contract settings from its manifest when it has one."""
+    from afrl.manifest import MANIFEST_NAME, load_verified
+    from afrl.models import load_model
+
+    model, tokenizer, path = load_model(spec, dtype=dtype)
+    # A folder without a manifest is a plain base model (default contract); one with a manifest must verify.
+    if (path / MANIFEST_NAME).is_file():
+        manifest = load_verified(path)
+        builder = PromptBuilder(
+            tokenizer,
+            instruction=manifest.instruction,
+            max_query_tokens=manifest.max_query_tokens,
+            max_document_tokens=manifest.max_document_tokens,
+        )
+        scale = manifest.scale
+    else:
+        builder, scale = PromptBuilder(tokenizer), GradeScale()
+    return TorchScorer(model, tokenizer, builder, scale, batch_size=batch_size)
