@@ -1,0 +1,1 @@
+"""The AFRL HTTP service: `afrl serve` (FastAPI app factory, micro-batching, torch and onnxruntime backends)."""

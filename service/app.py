@@ -1,0 +1,108 @@
+"""`create_app(settings, backend=None)`: the FastAPI app, built from settings.
+
+The lifespan loads the model (unless a backend is passed in, as tests do), starts the batcher, warms up (the
+first forward passes allocate and pick kernels; /ready stays false until they are done), and on shutdown turns
+/ready false, stops taking work and drains what is in flight. Run it with `afrl serve` (see service/README.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service import errors
+from service.backends.base import Backend
+from service.batcher import Batcher, BatchLimits
+from service.explainer import Explainer
+from service.metrics import Metrics
+from service.middleware import RequestContextMiddleware
+from service.routers import explain, ops, rerank, score
+from service.scoring import ScoringService
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+WARMUP_QUERY = "what is the population of berlin"
+WARMUP_DOCUMENTS = [
+    "Berlin had a population of 3,520,031 registered inhabitants in 2015.",
+    "running shoes for men size 42",
+    "waterproof hiking boots",
+    "a phone case for the new model",
+]
+
+
+def create_app(settings: Settings | None = None, backend: Backend | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from service.backends import load_backend
+
+        be = backend if backend is not None else await asyncio.to_thread(load_backend, settings)
+        limits = BatchLimits(
+            max_batch_pairs=settings.max_batch_pairs,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_wait_ms=settings.max_wait_ms,
+            max_queue_pairs=settings.max_queue_pairs,
+            prefix_reuse=settings.prefix_reuse,
+            prefix_reuse_min_documents=settings.prefix_reuse_min_documents,
+        )
+        batcher = Batcher(be, limits, metrics)
+        batcher.start()
+        tokenize = ThreadPoolExecutor(max_workers=1, thread_name_prefix="afrl-tokenize")
+        app.state.backend = be
+        app.state.scoring = ScoringService(
+            be, batcher, metrics, settings.max_documents, settings.request_timeout_s, tokenize
+        )
+        app.state.explainer = Explainer(be, metrics, settings.max_concurrent_explanations, settings.explain_timeout_s)
+        if settings.warmup:
+            await _warm_up(app)
+        app.state.ready = True
+        log.info("ready", extra={"model": be.model_name, "backend": be.name})
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            log.info("shutting down: draining in-flight work (up to %g s)", settings.drain_timeout_s)
+            await batcher.close(settings.drain_timeout_s)
+            app.state.explainer.close()
+            tokenize.shutdown(wait=True)
+
+    app = FastAPI(
+        title="AFRL relevance",
+        version="0.1.0",
+        summary="Answer First, Reason Later: relevance grades from one forward pass, explanations on demand",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.ready = False
+    for module in (score, rerank, explain, ops):
+        app.include_router(module.router)
+    errors.install(app)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    return app
+
+
+async def _warm_up(app: FastAPI) -> None:
+    """Shared-prefix and plain passes, then a two-token explanation, so the first user request is not slow.
+
+    It calls the backend directly, not the services, so warm-up traffic never shows in the drift counters.
+    """
+    backend: Backend = app.state.backend
+    prompts = backend.builder.build_many([(WARMUP_QUERY, d) for d in WARMUP_DOCUMENTS])
+
+    def run() -> None:
+        backend.grade_logits_shared_prefix(prompts, prompts[0].query_prefix_len)
+        backend.grade_logits(prompts)
+        for _ in backend.explain(prompts[0], 2, threading.Event()):
+            pass
+
+    await asyncio.to_thread(run)

@@ -1,0 +1,66 @@
+"""The small interface every inference backend implements; the batcher and the routes see nothing else.
+
+A backend turns built prompts (token ids from `afrl.contract.PromptBuilder`) into grade logits, and streams an
+explanation whose first step is the score. All methods are blocking and run in worker threads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from afrl.contract import GradeScale, Prompt, PromptBuilder
+
+
+@dataclass(frozen=True)
+class ScoreStep:
+    """The grade logits at the first output position: the score, known before any explanation token."""
+
+    logits: np.ndarray
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """New explanation text and how many tokens produced it."""
+
+    text: str
+    tokens: int = 1
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    reason: str  # "eos", "length" or "cancelled"
+
+
+ExplainEvent = ScoreStep | TextDelta | StreamEnd
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+    model_name: str
+    builder: PromptBuilder
+    scale: GradeScale
+
+    def manifest(self) -> dict[str, Any]:
+        """What /info shows: the model's manifest (or the default contract for a plain base model)."""
+        ...
+
+    def grade_logits(self, prompts: Sequence[Prompt]) -> np.ndarray:
+        """(n, K+1) float32 grade logits at the last prompt position, one row per prompt, in order."""
+        ...
+
+    def grade_logits_shared_prefix(self, prompts: Sequence[Prompt], prefix_len: int) -> np.ndarray | None:
+        """Like grade_logits for prompts whose first prefix_len ids are identical; None if unsupported."""
+        ...
+
+    def explain(self, prompt: Prompt, max_new_tokens: int, stop: threading.Event) -> Iterator[ExplainEvent]:
+        """ScoreStep first, then TextDelta(s) (the grade token's text first), then StreamEnd.
+
+        `stop` is checked before every token: setting it ends the generation within one token.
+        """
+        ...

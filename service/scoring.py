@@ -1,0 +1,85 @@
+"""Scoring requests end to end: build prompts (contract), batch them, turn logits into grades, count metrics.
+
+The routes for /score and /rerank are thin wrappers over `ScoringService.score`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from afrl.contract import GradeResult, Prompt, PromptBuilder, result_from_logits
+from service.backends.base import Backend
+from service.batcher import Batcher, Timing
+from service.metrics import Metrics
+
+
+class TooManyDocumentsError(Exception):
+    def __init__(self, count: int, limit: int):
+        super().__init__(
+            f"{count} documents in one request, the limit is {limit}: split the request or raise AFRL_MAX_DOCUMENTS"
+        )
+
+
+@dataclass
+class Scored:
+    results: list[GradeResult]
+    truncated: list[bool]
+    prompt_tokens: int
+    timing: Timing
+
+
+class ScoringService:
+    def __init__(
+        self,
+        backend: Backend,
+        batcher: Batcher,
+        metrics: Metrics,
+        max_documents: int,
+        timeout_s: float,
+        tokenize_executor: ThreadPoolExecutor,
+    ):
+        self.backend = backend
+        self.batcher = batcher
+        self.metrics = metrics
+        self.max_documents = max_documents
+        self.timeout_s = timeout_s
+        # One thread owns the tokenizer: fast tokenizers are not safe to call from several threads at once.
+        self.tokenize_executor = tokenize_executor
+
+    async def build(
+        self, pairs: Sequence[tuple[str, str]], instruction: str | None, max_document_tokens: int | None = None
+    ) -> list[Prompt]:
+        builder = self.backend.builder
+        if max_document_tokens is not None and max_document_tokens < builder.max_document_tokens:
+            builder = dataclasses.replace(builder, max_document_tokens=max_document_tokens)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.tokenize_executor, _build, builder, list(pairs), instruction)
+
+    async def score(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        instruction: str | None = None,
+        shared_query: bool = False,
+        max_document_tokens: int | None = None,
+    ) -> Scored:
+        if len(pairs) > self.max_documents:
+            raise TooManyDocumentsError(len(pairs), self.max_documents)
+        prompts = await self.build(pairs, instruction, max_document_tokens)
+        shared = prompts[0].query_prefix_len if shared_query and prompts else None
+        logits, timing = await self.batcher.submit(prompts, timeout_s=self.timeout_s, shared_prefix=shared)
+        results = [result_from_logits(row.tolist()) for row in logits]
+        self.count(results)
+        return Scored(results, [p.truncated for p in prompts], sum(len(p.input_ids) for p in prompts), timing)
+
+    def count(self, results: Sequence[GradeResult]) -> None:
+        self.metrics.pairs_scored.inc(len(results))
+        for r in results:
+            self.metrics.predicted_grade.labels(grade=str(r.grade)).inc()
+
+
+def _build(builder: PromptBuilder, pairs: list[tuple[str, str]], instruction: str | None) -> list[Prompt]:
+    return builder.build_many(pairs, instruction)

@@ -1,0 +1,63 @@
+"""The onnxruntime backend against the torch backend on the same tiny model (exported with export/).
+
+Stated tolerance: identical grades, probabilities within 1e-4 (fp32 graph vs fp32 torch).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from service_helpers import make_backend, settings
+
+from service.app import create_app
+from service.backends.onnx_backend import OnnxBackend
+
+pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.slow  # a real export with the decoder: about 30 s
+
+QUERY = "population of berlin"
+DOCS = ["Berlin had 3,520,031 inhabitants in 2015.", "running shoes for men", "a phone case", "hiking boots " * 30]
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def exported(_tiny_models, tmp_path_factory) -> tuple[Path, object]:
+    from export.pipeline import ExportOptions, export_scorer_model
+
+    model, tok = _tiny_models["qwen3"]
+    torch_backend = make_backend(model, tok)
+    out = tmp_path_factory.mktemp("onnx") / "tiny"
+    export_scorer_model(torch_backend.scorer, "tiny-qwen3", ExportOptions(out=out, threads=1, overwrite=True))
+    return out, torch_backend
+
+
+def test_onnx_and_torch_backends_agree(exported):
+    out, torch_backend = exported
+    onnx_backend = OnnxBackend.from_dir(str(out), providers="cpu", threads=1)
+    with (
+        TestClient(create_app(settings(backend="onnx"), onnx_backend)) as onnx_client,
+        TestClient(create_app(settings(), torch_backend)) as torch_client,
+    ):
+        body = {"query": QUERY, "documents": DOCS}
+        a = onnx_client.post("/score", json=body).json()["results"]
+        b = torch_client.post("/score", json=body).json()["results"]
+        assert [x["grade"] for x in a] == [x["grade"] for x in b]
+        np.testing.assert_allclose([x["probabilities"] for x in a], [x["probabilities"] for x in b], atol=TOLERANCE)
+        assert [x["truncated"] for x in a] == [False, False, False, True]
+
+        explained = onnx_client.post("/explain", json={"query": QUERY, "document": DOCS[0], "stream": False}).json()
+        torch_explained = torch_client.post(
+            "/explain", json={"query": QUERY, "document": DOCS[0], "stream": False}
+        ).json()
+        assert explained["score"]["grade"] == torch_explained["score"]["grade"]
+        assert explained["done"]["text"].startswith(str(explained["score"]["grade"]))
+        assert 1 <= explained["done"]["completion_tokens"] <= 8
+        assert onnx_client.get("/info").json()["backend"] == "onnx"
+
+
+def test_onnx_backend_refuses_a_non_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="export folder"):
+        OnnxBackend.from_dir(str(tmp_path / "missing"))
