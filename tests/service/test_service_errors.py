@@ -189,3 +189,20 @@ def test_many_cancellations_do_not_leak_work(tiny_backend):
     ok = asyncio.run(main())
     assert ok.status_code == 200
     assert backend.scored == 2  # the 100 cancelled pairs never reached the model
+
+
+def test_shutdown_drains_in_flight_requests(tiny_backend):
+    app, backend = _gated_app(tiny_backend, max_batch_pairs=1, max_wait_ms=0, drain_timeout_s=10)
+
+    async def main():
+        cm = running(app)
+        c = await cm.__aenter__()
+        task = asyncio.create_task(c.post("/score", json={"query": QUERY, "documents": ["a"]}))
+        await _wait_for(lambda: app.state.scoring.batcher._busy)
+        asyncio.get_running_loop().call_later(0.2, backend.gate.set)
+        await cm.__aexit__(None, None, None)  # shutdown waits for the running batch
+        assert app.state.ready is False
+        return await task
+
+    assert asyncio.run(main()).status_code == 200
+    assert backend.scored == 1
