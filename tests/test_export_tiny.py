@@ -1,0 +1,164 @@
+"""Real exports of tiny random-weight Qwen3 and Llama models: parity, INT8 gate, manifest refusal, decoder.
+
+One export per architecture per session (about 20 s each, most of it torch.export tracing); the tests read the
+folders. The Qwen3 export asks for INT8 with thresholds tightened to zero change, so its gate must refuse; the
+Llama export loosens them, so its INT8 graph must be kept and loadable.
+"""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from afrl.contract import GradeScale, PromptBuilder
+from afrl.manifest import MANIFEST_NAME, Manifest, ManifestError
+from afrl.scorer import TorchScorer
+from afrl.testing import build_tiny_model
+from export.check_pairs import BUILTIN_PAIRS
+from export.parity import ExportError
+from export.pipeline import ExportOptions, export_scorer_model
+from export.runtime import OnnxGenerator, OnnxScorer
+
+pytestmark = pytest.mark.slow  # two real exports, about 30 s together
+PAIRS = BUILTIN_PAIRS[:12]
+
+
+def _torch_scorer(arch):
+    model, tok = build_tiny_model(arch)
+    return TorchScorer(model, tok, PromptBuilder(tok), GradeScale())
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """{arch: (folder, torch scorer, export error or None)}"""
+    folders = {}
+    for arch, tight in (("qwen3", True), ("llama", False)):
+        scorer = _torch_scorer(arch)
+        out = tmp_path_factory.mktemp(f"onnx-{arch}")
+        opts = ExportOptions(
+            out=out,
+            int8=True,
+            fp16=arch == "llama",
+            max_check_pairs=12,
+            int8_min_agreement=1.0 if tight else 0.0,
+            int8_max_score_delta=0.0 if tight else 1.0,
+            overwrite=True,
+            threads=1,
+        )
+        error = None
+        try:
+            export_scorer_model(scorer, f"tiny-{arch}", opts)
+        except ExportError as e:
+            error = e
+        folders[arch] = (out, scorer, error)
+    return folders
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_onnx_scorer_matches_torch(exported, arch, side):
+    out, scorer, _ = exported[arch]
+    onnx = OnnxScorer.from_dir(out, threads=1, variant="fp32", batch_size=5, padding_side=side)
+    ours = np.array([r.probabilities for r in onnx.score(PAIRS)])
+    ref = np.array([r.probabilities for r in scorer.score(PAIRS)])
+    assert np.abs(ours - ref).max() < 1e-4
+    assert len({round(r, 4) for r in ref[:, 0]}) > 1  # the pairs differ, so the comparison has teeth
+    manifest = onnx.manifest
+    assert manifest.kind == "onnx" and manifest.base_model == f"tiny-{arch}"
+    assert manifest.parity["fp32"]["max_abs_prob_diff"] < 1e-4
+    assert manifest.parity["fp32"]["padding_sides"] == ["left", "right"]
+
+
+def test_graph_interface(exported):
+    out, scorer, _ = exported["qwen3"]
+    onnx = OnnxScorer.from_dir(out, threads=1)
+    inputs = {i.name: i.shape for i in onnx.session.get_inputs()}
+    assert list(inputs) == ["input_ids", "attention_mask"]
+    assert all(isinstance(d, str) for shape in inputs.values() for d in shape)  # dynamic batch and sequence
+    (output,) = onnx.session.get_outputs()
+    assert output.name == "grade_logits" and output.shape[1] == len(scorer.grade_ids)
+    prompts = scorer.builder.build_many(PAIRS[:3])
+    logits = onnx.grade_logits([p.input_ids for p in prompts])
+    assert logits.shape == (3, 4) and logits.dtype == np.float32
+
+
+def test_int8_gate_refuses_when_tightened(exported):
+    out, _, error = exported["qwen3"]
+    assert error is not None and "INT8 refused" in str(error)
+    assert "score change" in str(error) and "> allowed 0" in str(error)  # the figures are in the message
+    manifest = Manifest.read(out)
+    assert manifest.parity["int8"]["accepted"] is False and manifest.quantization is None
+    assert manifest.parity["int8"]["max_score_delta"] > 0
+    assert not (out / "scorer.int8.onnx").exists() and manifest.extra["preferred_scorer"] == "fp32"
+    with pytest.raises(ManifestError, match="no int8 scorer"):
+        OnnxScorer.from_dir(out, variant="int8")
+    assert OnnxScorer.from_dir(out, threads=1).score(PAIRS[:2])  # the fp32 export stays usable
+
+
+def test_int8_accepted_is_recorded_and_preferred(exported):
+    out, _, error = exported["llama"]
+    assert error is None
+    manifest = Manifest.read(out)
+    assert manifest.quantization == "int8-dynamic" and manifest.parity["int8"]["accepted"] is True
+    assert {"scorer.onnx", "scorer.int8.onnx", "scorer.fp16.onnx"} <= set(manifest.files)
+    int8 = OnnxScorer.from_dir(out, threads=1)  # preferred variant
+    assert int8.session._model_path.endswith("scorer.int8.onnx")
+    fp32 = OnnxScorer.from_dir(out, threads=1, variant="fp32")
+    a = np.array([r.probabilities for r in int8.score(PAIRS)])
+    b = np.array([r.probabilities for r in fp32.score(PAIRS)])
+    # dynamic INT8 scales activations per batch, so figures move a little with batch composition
+    assert 0 < np.abs(a - b).max() == pytest.approx(manifest.parity["int8"]["max_abs_prob_diff"], rel=0.2)
+    fp16 = OnnxScorer.from_dir(out, threads=1, variant="fp16")
+    c = np.array([r.probabilities for r in fp16.score(PAIRS)])
+    assert np.abs(c - b).max() < 0.02
+
+
+def test_checksum_mismatch_is_refused(exported, tmp_path):
+    out = shutil.copytree(exported["qwen3"][0], tmp_path / "copy")
+    data = json.loads((out / MANIFEST_NAME).read_text())
+    data["files"]["scorer.onnx"] = "0" * 64
+    (out / MANIFEST_NAME).write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match=r"scorer\.onnx: sha256 .* differs from the manifest"):
+        OnnxScorer.from_dir(out)
+
+
+def test_corrupted_file_is_refused(exported, tmp_path):
+    out = shutil.copytree(exported["qwen3"][0], tmp_path / "copy")
+    path = out / "decoder" / "model.onnx"
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    for loader in (OnnxScorer.from_dir, OnnxGenerator.from_dir):
+        with pytest.raises(ManifestError, match=r"decoder/model\.onnx: sha256 .*re-export or restore"):
+            loader(out)
+    (out / "tokenizer.json").unlink()
+    with pytest.raises(ManifestError, match=r"tokenizer\.json: missing"):
+        OnnxScorer.from_dir(out)
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+def test_decoder_greedy_equals_transformers(exported, arch):
+    out, scorer, _ = exported[arch]
+    generator = OnnxGenerator.from_dir(out, threads=1)
+    prompt = scorer.builder.build(*PAIRS[0]).input_ids
+    ids = torch.tensor([prompt])
+    with torch.inference_mode():
+        ref = scorer.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False)
+    ref_new = ref[0, len(prompt) :].tolist()
+    ours = generator.generate(prompt, max_new_tokens=24)
+    cut = next((i for i, t in enumerate(ref_new) if t in generator.eos_ids), len(ref_new))
+    assert ours == ref_new[:cut] and len(ours) > 0
+    assert Manifest.read(out).parity["decoder"]["greedy_equal_to_transformers"] is True
+    streamed = "".join(generator.generate_stream(prompt, max_new_tokens=24))
+    assert streamed == scorer.tokenizer.decode(ours, skip_special_tokens=True)
+
+
+def test_export_refuses_a_non_empty_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not empty"):
+        export_scorer_model(_torch_scorer("qwen3"), "tiny", ExportOptions(out=tmp_path))
+    with pytest.raises(FileExistsError, match="does not look like an AFRL export"):
+        export_scorer_model(_torch_scorer("qwen3"), "tiny", ExportOptions(out=tmp_path, overwrite=True))
+    assert (tmp_path / "notes.txt").read_text() == "mine"
