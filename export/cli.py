@@ -20,8 +20,18 @@ def register(sub: Any) -> None:
     p.add_argument("--fp16", action="store_true", help="also write an fp16 scorer for CUDA")
     p.add_argument("--check-data", type=Path, default=None, help="JSONL of {query, document} for parity and gates")
     p.add_argument("--max-check-pairs", type=int, default=32, help="use at most this many check pairs")
-    p.add_argument("--int8-min-agreement", type=float, default=parity.INT8_MIN_AGREEMENT, help="INT8 gate")
-    p.add_argument("--int8-max-score-delta", type=float, default=parity.INT8_MAX_SCORE_DELTA, help="INT8 gate")
+    p.add_argument(
+        "--int8-min-agreement",
+        type=float,
+        default=parity.INT8_MIN_AGREEMENT,
+        help="refuse INT8 when its grades agree with fp32 on fewer of the check pairs (default %(default)s)",
+    )
+    p.add_argument(
+        "--int8-max-score-delta",
+        type=float,
+        default=parity.INT8_MAX_SCORE_DELTA,
+        help="refuse INT8 when any expected-grade score moves more than this (default %(default)s)",
+    )
     p.add_argument("--int8-per-channel", action="store_true", help="per-channel INT8 weight scales")
     p.add_argument("--fp32-tolerance", type=float, default=parity.FP32_TOLERANCE, help=argparse.SUPPRESS)
     p.add_argument("--no-decoder", action="store_true", help="skip the explanation decoder")

@@ -64,9 +64,9 @@ def prepare_out_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()):
         looks_like_export = (out / graphs.SCORER_FILE).exists() or (out / MANIFEST_NAME).exists()
         if not overwrite:
-            raise FileExistsError(f"{out} is not empty: choose a new --out folder or pass --overwrite")
+            raise parity.ExportError(f"{out} is not empty: choose a new --out folder or pass --overwrite")
         if not looks_like_export:
-            raise FileExistsError(f"{out} is not empty and does not look like an AFRL export; refusing to replace it")
+            raise parity.ExportError(f"{out} is not empty and does not look like an AFRL export: not replacing it")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -157,8 +157,30 @@ def test_decoder_greedy_equals_transformers(exported, arch):
 
 def test_export_refuses_a_non_empty_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="not empty"):
+    with pytest.raises(ExportError, match="not empty"):
         export_scorer_model(_torch_scorer("qwen3"), "tiny", ExportOptions(out=tmp_path))
-    with pytest.raises(FileExistsError, match="does not look like an AFRL export"):
+    with pytest.raises(ExportError, match="does not look like an AFRL export"):
         export_scorer_model(_torch_scorer("qwen3"), "tiny", ExportOptions(out=tmp_path, overwrite=True))
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_untied_head_is_sliced_and_external_data_loads(tmp_path):
+    import onnx
+
+    from export.graphs import export_scorer
+    from export.runtime import make_session, session_grade_logits
+
+    scorer = _torch_scorer("qwen3")
+    model = scorer.model
+    model.config.tie_word_embeddings = False
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone() * 1.5)  # untied, different
+    path = tmp_path / "scorer.onnx"
+    assert export_scorer(model, scorer.grade_ids, path, external_data=True) is True
+    vocab, hidden = model.config.vocab_size, model.config.hidden_size
+    initializers = onnx.load(str(path), load_external_data=False).graph.initializer
+    big = [t for t in initializers if tuple(t.dims) == (vocab, hidden)]
+    assert len(big) == 1  # the embedding only: the full head is not in the graph
+    assert onnx.external_data_helper.uses_external_data(big[0]) and (tmp_path / "scorer.onnx.data").is_file()
+    prompts = scorer.builder.build_many(PAIRS)
+    ours = session_grade_logits(make_session(path, threads=1), [p.input_ids for p in prompts], scorer.pad_id, "left")
+    assert np.abs(ours - scorer.logits_for_prompts(prompts).numpy()).max() < 1e-4

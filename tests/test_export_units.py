@@ -76,3 +76,16 @@ def test_pad_rows_both_sides():
     ids, mask = pad_rows([[1, 2, 3], [4]], pad_id=0, side="right")
     assert ids.tolist() == [[1, 2, 3], [4, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
     assert ids.dtype == np.int64
+
+
+def test_cli_refuses_a_non_empty_out_folder(tmp_path, capsys):
+    from afrl.cli import main
+    from afrl.testing import save_tiny_model
+
+    model = save_tiny_model(tmp_path / "tiny")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["export", "--model", str(model), "--out", str(out), "--threads", "1"]) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine"
