@@ -17,7 +17,7 @@ import sys
 SUBCOMMAND_MODULES = [
     "afrl.cli_score",
     "training.cli",
-    "afrl.cli_eval",
+    "training.eval_cli",
     "export.cli",
     "service.cli",
     "bench.cli",
@@ -50,7 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Stages that take a config accept free `--key value` overrides; every other command must parse completely.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

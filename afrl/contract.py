@@ -25,12 +25,9 @@ from typing import Any
 DEFAULT_GRADE_NAMES = ("irrelevant", "related", "highly relevant", "perfectly relevant")
 
 DEFAULT_INSTRUCTION = (
-    "You judge how relevant a passage is to a web search query, on the TREC Deep Learning scale.\n"
-    "3 = perfectly relevant: the passage is dedicated to the query and contains the exact answer.\n"
-    "2 = highly relevant: the passage has some answer, but it may be unclear or hidden among extraneous text.\n"
-    "1 = related: the passage seems related to the query but does not answer it.\n"
-    "0 = irrelevant: the passage has nothing to do with the query.\n"
-    "Write the grade first, then the lines Intent, Evidence (a quote from the passage), Reasoning and Verdict."
+    "Grade how relevant the passage is to the search query. 3: dedicated to the query, contains the exact answer. "
+    "2: has some answer, maybe unclear or hidden. 1: related but does not answer. 0: irrelevant. "
+    "Write the grade, then Intent, Evidence (a quote), Reasoning, Verdict."
 )
 
 EXPLANATION_FIELDS = ("Intent", "Evidence", "Reasoning", "Verdict")

@@ -1,0 +1,1 @@
+"""Training pipeline: data, SFT, Stepwise-GRPO, curriculum, distillation, instruction evolution, evaluation."""

@@ -1,0 +1,46 @@
+"""`afrl train <stage> --config FILE [--key value ...]`: one subcommand per training stage.
+
+Stages register themselves here once they work; each takes a YAML config (under training/configs/) whose values
+CLI pairs override, and writes one output folder with the manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from typing import Any
+
+# stage name -> (module, config class name, entry function name)
+STAGES: dict[str, tuple[str, str, str]] = {
+    "sft": ("training.sft", "AfrlSFTConfig", "train_sft"),
+}
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("train", help="train a model (sft, ...)", description=__doc__)
+    stages = p.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for name, (module, _, _) in STAGES.items():
+        doc = (importlib.import_module(module).__doc__ or "").strip()
+        sp = stages.add_parser(
+            name,
+            help=doc.splitlines()[0] if doc else name,
+            description=doc,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sp.add_argument("--config", required=True, help="YAML config file; --key value pairs after it override it")
+        sp.add_argument("--threads", type=int, default=None, help="torch threads")
+        sp.set_defaults(func=run, overrides=[])
+
+
+def run(args: argparse.Namespace) -> int:
+    from afrl.cli import set_threads
+    from training.config import parse_config
+
+    set_threads(args.threads)
+    module_name, cls_name, fn_name = STAGES[args.stage]
+    module = importlib.import_module(module_name)
+    config_module = importlib.import_module("training.config")
+    cls = getattr(module, cls_name, None) or getattr(config_module, cls_name)
+    config = parse_config(cls, ["--config", args.config, *args.overrides])
+    getattr(module, fn_name)(config)
+    return 0
