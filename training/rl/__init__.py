@@ -1,0 +1,1 @@
+"""Stepwise-GRPO with an SFT auxiliary loss (Mode-Balanced Optimisation): `afrl train rl --config FILE`."""
