@@ -13,6 +13,7 @@ from typing import Any
 # stage name -> (module, config class name, entry function name)
 STAGES: dict[str, tuple[str, str, str]] = {
     "sft": ("training.sft", "AfrlSFTConfig", "train_sft"),
+    "distill": ("training.distill", "AfrlDistillConfig", "train_distill"),
 }
 
 

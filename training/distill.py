@@ -1,0 +1,588 @@
+"""Distillation: a small student learns the teacher's grade distribution and its explanations.
+
+Method (DESIGN.md 5.5): the teacher scores every training pair once (its K+1 grade logits at the first token) and
+writes an explanation greedily after its own top grade; both go to a JSONL cache keyed by the teacher's manifest
+hash, the prompt settings and the record id, so a rerun (or a second student) never calls the teacher again. The
+student trains on `training.distill_loss.distill_loss`:
+
+    L = alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) at the first token + (1 - alpha) * NLL(teacher explanation)
+
+The student is a subset of the teacher's layers (`student_layers`, the teacher merged first if it is an adapter)
+or any other model with the same tokenizer (`student_model`, optionally also cut to `student_layers`). With LoRA
+(`lora_r` > 0), the student is saved as an adapter over the *base* cut to the kept layers (`extra.num_layers` in
+`afrl.json`), so `afrl.models.load_model` rebuilds exactly the trained student, and a teacher that is itself a LoRA
+adapter hands its adapter weights of the kept layers to the student as the starting point: the shipped student is
+then a few MB over the pinned base. `lora_r: 0` fine-tunes all weights of the cut model instead (bigger artifact).
+
+Departure from a TRL trainer: the loop is `transformers.Trainer` with `compute_loss` overridden and a 20-line
+collator. SFTTrainer's dataset preparation (truncation, mask folding, dropping of unknown columns) would discard the
+per-example teacher logits that the loss needs, and GKD (trl.experimental.gkd) distils full-vocabulary token
+distributions on-policy, which is not this method.
+
+    afrl train distill --config training/configs/distill_smollm2_trec.yaml     # the embedded student (CPU)
+    afrl train distill --config training/configs/distill_tiny.yaml --teacher DIR --output_dir /tmp/d   # seconds
+    python -m training.distill ship runs/distill_smollm2_trec --name distilled-smollm2   # into afrl/shipped/
+
+Re-running the same command reuses the teacher cache and resumes from the last checkpoint in `output_dir`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from afrl.contract import DEFAULT_INSTRUCTION, GradeScale, Prompt, PromptBuilder, sha256_text
+from afrl.manifest import MANIFEST_NAME, Manifest, load_verified, sha256_file
+from afrl.scorer import TorchScorer, pad_batch
+from training.config import AfrlSFTConfig
+from training.data import Record
+from training.distill_loss import distill_loss
+
+log = logging.getLogger(__name__)
+
+MAX_SHIPPED_BYTES = 20 * 1024 * 1024
+
+
+@dataclass
+class AfrlDistillConfig(AfrlSFTConfig):
+    """Distillation of a teacher into a smaller student (LoRA fields as in SFT; `keep_layers` is not used)."""
+
+    teacher: str = field(default="", metadata={"help": "teacher model: a folder (adapter or full), `default`, hub id"})
+    student_layers: list[int] | None = field(
+        default=None, metadata={"help": "teacher (or student_model) layers the student keeps, in order"}
+    )
+    student_model: str | None = field(
+        default=None, metadata={"help": "a smaller model sharing the teacher's tokenizer (instead of teacher layers)"}
+    )
+    alpha: float = field(default=0.5, metadata={"help": "weight of the grade KL; 1 - alpha weighs the explanation"})
+    temperature: float = field(default=2.0, metadata={"help": "softmax temperature of the grade KL"})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "teacher cache folder (default: teacher_cache beside output_dir)"}
+    )
+    explanation_max_tokens: int = field(default=64, metadata={"help": "max tokens of a teacher explanation"})
+    teacher_batch_size: int = field(default=8, metadata={"help": "pairs per teacher forward / generate batch"})
+    report_records: int = field(default=0, metadata={"help": "dev pairs for the teacher-vs-student report (0: none)"})
+    report_trec_queries: int = field(default=0, metadata={"help": "dev TREC queries reranked for nDCG@10 (0: none)"})
+
+    def __post_init__(self) -> None:
+        if not self.teacher:
+            raise ValueError("set `teacher` to the model to distil from (a folder, `default`, or a cached hub id)")
+        if self.student_layers is None and self.student_model is None:
+            raise ValueError("set `student_layers` (a subset of the teacher's layers) or `student_model`")
+        if self.keep_layers:
+            raise ValueError("distillation uses `student_layers`, not `keep_layers`")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.explanation_max_tokens < 1:
+            raise ValueError("explanation_max_tokens must be >= 1")
+        super().__post_init__()
+        self.remove_unused_columns = False  # the collator needs the teacher-logit column the model never sees
+
+
+# ---------------------------------------------------------------------------------------------------- teacher
+
+
+def model_fingerprint(path: Path) -> str:
+    """sha256 of the model's manifest, or of its config and weight files when it has none (a plain base)."""
+    if (path / MANIFEST_NAME).is_file():
+        return sha256_file(path / MANIFEST_NAME)
+    names = sorted(p.name for p in path.iterdir() if p.suffix in (".json", ".safetensors", ".bin"))
+    return sha256_text(json.dumps({n: sha256_file(path / n) for n in names}))
+
+
+def read_instruction_for(config: AfrlDistillConfig, teacher_path: Path) -> str:
+    """The config's instruction file, else the teacher's own instruction (the student must see the same prompt)."""
+    if config.instruction_file:
+        return Path(config.instruction_file).read_text().strip()
+    if (teacher_path / MANIFEST_NAME).is_file():
+        return Manifest.read(teacher_path).instruction
+    return DEFAULT_INSTRUCTION
+
+
+def cache_key(teacher_hash: str, builder: PromptBuilder, config: AfrlDistillConfig) -> str:
+    settings = {
+        "teacher": teacher_hash,
+        "instruction": sha256_text(builder.instruction),
+        "budgets": [builder.max_query_tokens, builder.max_document_tokens],
+        "explanations": config.explanations,
+        "explanation_max_tokens": config.explanation_max_tokens,
+    }
+    return sha256_text(json.dumps(settings, sort_keys=True))[:16]
+
+
+@torch.inference_mode()
+def teacher_explanations(
+    scorer: TorchScorer, prompts: Sequence[Prompt], grades: Sequence[int], max_new_tokens: int
+) -> list[tuple[list[int], bool]]:
+    """Greedy continuations after each prompt + the teacher's top grade token: (ids without eos, finished)."""
+    tok = scorer.tokenizer
+    eos = int(tok.eos_token_id)
+    seqs = [[*p.input_ids, scorer.grade_ids[g]] for p, g in zip(prompts, grades, strict=True)]
+    ids, mask = pad_batch(seqs, scorer.pad_id, side="left")  # left: new tokens follow every row's last token
+    out = scorer.model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=scorer.pad_id,
+        eos_token_id=eos,
+    )
+    results = []
+    for row in out[:, ids.shape[1] :].tolist():
+        finished = eos in row
+        results.append((row[: row.index(eos)] if finished else row, finished))
+    return results
+
+
+def teacher_cache(
+    scorer: TorchScorer, records: Sequence[Record], config: AfrlDistillConfig, teacher_hash: str
+) -> dict[str, dict[str, Any]]:
+    """Teacher grade logits and explanations per record id, computed once and appended to a JSONL cache."""
+    key = cache_key(teacher_hash, scorer.builder, config)
+    # Beside the output folder, not in it: the cache must not be hashed into (and shipped with) the student.
+    folder = (
+        Path(config.cache_dir) if config.cache_dir else Path(str(config.output_dir)).resolve().parent / "teacher_cache"
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"teacher-{key}.jsonl"
+    cache: dict[str, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                cache[entry["id"]] = entry
+    todo = [r for r in dict((r.id, r) for r in records).values() if r.id not in cache]
+    log.info("teacher cache %s: %d cached, %d to compute", path, len(cache), len(todo))
+    step = config.teacher_batch_size
+    with path.open("a", encoding="utf-8") as f:
+        for start in range(0, len(todo), step):
+            batch = todo[start : start + step]
+            prompts = scorer.builder.build_many([(r.query, r.document) for r in batch])
+            logits = scorer.logits_for_prompts(prompts)
+            grades = logits.argmax(-1).tolist()
+            if config.explanations:
+                texts = teacher_explanations(scorer, prompts, grades, config.explanation_max_tokens)
+            else:
+                texts = [([], True)] * len(batch)
+            for r, row, g, (ids, finished) in zip(batch, logits.tolist(), grades, texts, strict=True):
+                entry = {
+                    "id": r.id,
+                    "grade_logits": row,
+                    "grade": g,
+                    "explanation_ids": ids,
+                    "explanation": scorer.tokenizer.decode(ids),
+                    "finished": finished,
+                }
+                cache[r.id] = entry
+                f.write(json.dumps(entry) + "\n")
+            f.flush()  # an interrupted run keeps every finished batch
+            log.info("teacher: %d/%d", min(start + step, len(todo)), len(todo))
+    return cache
+
+
+# ---------------------------------------------------------------------------------------------------- student
+
+
+@dataclass
+class Student:
+    model: Any
+    base_model: str | None  # what the saved adapter applies over (None: saved as a full model)
+    num_layers: list[int] | None  # layers of that base to keep before applying the adapter
+
+
+def _remap_adapter(state: dict[str, torch.Tensor], layers: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Adapter weights of the kept layers, renumbered to the student's layer indices."""
+    new_index = {old: new for new, old in enumerate(layers)}
+    out = {}
+    for name, tensor in state.items():
+        m = re.search(r"\.layers\.(\d+)\.", name)
+        if m is None:
+            raise ValueError(f"teacher adapter weight {name!r} is not inside a decoder layer; cannot carry it over")
+        old = int(m.group(1))
+        if old in new_index:
+            out[name[: m.start(1)] + str(new_index[old]) + name[m.end(1) :]] = tensor
+    return out
+
+
+def build_student(config: AfrlDistillConfig) -> Student:
+    """The student to train: teacher (or student_model) layers, LoRA or full, ready to save and reload exactly."""
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from afrl.layers import keep_layers
+    from afrl.models import is_adapter, load_model, resolve
+    from training.sft import apply_lora
+
+    source = config.student_model or config.teacher
+    path = resolve(source)
+    layers = config.student_layers
+    if config.lora_r == 0:  # full fine-tune of the (merged) source cut to the chosen layers
+        model, _, _ = load_model(source)
+        if layers:
+            model = keep_layers(model, layers)
+        return Student(model, None, None)
+    if not is_adapter(path):
+        model, _, _ = load_model(source)
+        if layers:
+            model = keep_layers(model, layers)
+        return Student(apply_lora(model, config), source, list(layers) if layers else None)
+    # The source is an adapter over a base: the student is that base cut to the kept layers, with the source's
+    # adapter weights of those layers as the starting LoRA (same rank and modules, so they load as they are).
+    manifest = load_verified(path)
+    if manifest.extra.get("num_layers"):
+        raise ValueError(f"{source} is already a layer-subset adapter; distil from a full-depth teacher")
+    base, _, _ = load_model(manifest.base_model)
+    n = base.config.num_hidden_layers
+    layers = list(layers) if layers else list(range(n))
+    base = keep_layers(base, layers)
+    src_cfg = json.loads((path / "adapter_config.json").read_text())
+    src_state = load_file(str(path / "adapter_model.safetensors"))
+    carried = _remap_adapter(src_state, layers)
+    carried_layers = sorted({int(re.search(r"\.layers\.(\d+)\.", k).group(1)) for k in carried})  # type: ignore[union-attr]
+    lora_layers = sorted(set(config.lora_layers or range(len(layers))) | set(carried_layers))
+    lora = LoraConfig(
+        r=int(src_cfg["r"]),
+        lora_alpha=src_cfg["lora_alpha"],
+        lora_dropout=config.lora_dropout,
+        target_modules=sorted(src_cfg["target_modules"]),
+        layers_to_transform=lora_layers,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(base, lora)
+    result: Any = set_peft_model_state_dict(model, carried)
+    if result.unexpected_keys:
+        raise ValueError(f"teacher adapter weights did not fit the student: {result.unexpected_keys[:3]}")
+    log.info("student: %d of %d base layers, %d teacher adapter tensors carried over", len(layers), n, len(carried))
+    return Student(model, manifest.base_model, layers)
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+def build_rows(
+    records: Sequence[Record], cache: dict[str, dict[str, Any]], builder: PromptBuilder, grade_ids: Sequence[int]
+) -> list[dict[str, Any]]:
+    """Prompt + teacher completion ids, labels on the explanation only, grade position and teacher logits."""
+    eos = int(builder.tokenizer.eos_token_id)
+    rows = []
+    for r, prompt in zip(records, builder.build_many([(r.query, r.document) for r in records]), strict=True):
+        entry = cache[r.id]
+        explanation = list(entry["explanation_ids"]) + ([eos] if entry["finished"] and entry["explanation_ids"] else [])
+        ids = [*prompt.input_ids, grade_ids[entry["grade"]], *explanation]
+        labels = [-100] * (len(prompt.input_ids) + 1) + explanation
+        rows.append(
+            {
+                "input_ids": ids,
+                "labels": labels,
+                "grade_pos": len(prompt.input_ids) - 1,
+                "teacher_logits": entry["grade_logits"],
+            }
+        )
+    return rows
+
+
+def make_collator(pad_id: int) -> Any:
+    def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        ids, mask = pad_batch([r["input_ids"] for r in rows], pad_id, "right")
+        labels = torch.full_like(ids, -100)
+        for i, r in enumerate(rows):
+            labels[i, : len(r["labels"])] = torch.tensor(r["labels"])
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": labels,
+            "grade_pos": torch.tensor([r["grade_pos"] for r in rows]),
+            "teacher_logits": torch.tensor([r["teacher_logits"] for r in rows], dtype=torch.float32),
+        }
+
+    return collate
+
+
+def make_trainer_class() -> Any:
+    """transformers.Trainer whose loss is `distill_loss`; KL and NLL are logged beside the total."""
+    from transformers import Trainer
+
+    class DistillTrainer(Trainer):  # type: ignore[misc]
+        def __init__(self, *args: Any, grade_ids: Sequence[int], alpha: float, temperature: float, **kw: Any):
+            super().__init__(*args, **kw)
+            self.grade_ids, self.alpha, self.temperature = list(grade_ids), alpha, temperature
+            self._parts: dict[str, list[float]] = {"kl": [], "nll": []}
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
+            loss, parts = distill_loss(
+                model,
+                inputs["input_ids"],
+                inputs["attention_mask"],
+                inputs["labels"],
+                inputs["grade_pos"],
+                inputs["teacher_logits"],
+                self.grade_ids,
+                self.alpha,
+                self.temperature,
+            )
+            self._parts["kl"].append(parts["kl"].item())
+            self._parts["nll"].append(parts["nll"].item())
+            return (loss, parts) if return_outputs else loss
+
+        def log(self, logs: dict[str, float], *args: Any, **kw: Any) -> None:
+            for k, values in self._parts.items():
+                if values:
+                    logs[k] = sum(values) / len(values)
+                    values.clear()
+            super().log(logs, *args, **kw)
+
+    return DistillTrainer
+
+
+# ---------------------------------------------------------------------------------------------------- stage
+
+
+def reproduce_command() -> str:
+    """The command line this process was started with, as `afrl ...` when it came through the CLI."""
+    argv = list(sys.argv)
+    if argv and Path(argv[0]).name == "afrl":
+        return shlex.join(["afrl", *argv[1:]])
+    return shlex.join([Path(sys.executable).name, *argv])
+
+
+def train_distill(config: AfrlDistillConfig) -> Path:
+    """Cache the teacher, train the student, save it with its manifest (and the dev report when asked)."""
+    from datasets import Dataset
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from afrl.models import load_model, resolve
+    from training.sources import load_sources, subset
+
+    teacher_model, tokenizer, teacher_path = load_model(config.teacher)
+    scale = GradeScale()
+    builder = PromptBuilder(
+        tokenizer,
+        instruction=read_instruction_for(config, teacher_path),
+        max_query_tokens=config.max_query_tokens,
+        max_document_tokens=config.max_document_tokens,
+    )
+    teacher = TorchScorer(teacher_model, tokenizer, builder, scale, batch_size=config.teacher_batch_size)
+    teacher_hash = model_fingerprint(teacher_path)
+    records = subset(load_sources(config.data, config.dev_fraction, config.split_seed), config.max_train_records)
+    cache = teacher_cache(teacher, records, config, teacher_hash)
+
+    if config.student_model:
+        from transformers import AutoTokenizer
+
+        student_tok = AutoTokenizer.from_pretrained(_tokenizer_folder(resolve(config.student_model)))
+        if student_tok.get_vocab() != tokenizer.get_vocab():
+            raise ValueError(f"student_model {config.student_model} does not share the teacher's tokenizer")
+    grade_ids = teacher.grade_ids
+    keep_teacher = bool(config.report_records or config.report_trec_queries)
+    if not keep_teacher:
+        del teacher, teacher_model  # free the teacher before the student trains
+    student = build_student(config)
+    student.model.train()
+    if config.gradient_checkpointing and student.base_model is not None:
+        # checkpointed blocks over a frozen base see no input that requires grad; LoRA would get no gradient
+        student.model.enable_input_require_grads()
+    rows = build_rows(records, cache, builder, grade_ids)
+    trainer = make_trainer_class()(
+        model=student.model,
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        data_collator=make_collator(int(tokenizer.pad_token_id or tokenizer.eos_token_id)),
+        processing_class=tokenizer,
+        grade_ids=grade_ids,
+        alpha=config.alpha,
+        temperature=config.temperature,
+    )
+    out = Path(str(config.output_dir))
+    last = get_last_checkpoint(str(out)) if out.is_dir() else None
+    if last:
+        log.info("resuming from %s", last)
+    result = trainer.train(resume_from_checkpoint=last)
+    model = trainer.model
+    model.save_pretrained(out)
+    (out / "trainer_log.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
+    if student.base_model is None:
+        tokenizer.save_pretrained(out)
+    extra: dict[str, Any] = {
+        "teacher": config.teacher,
+        "teacher_fingerprint": teacher_hash,
+        "alpha": config.alpha,
+        "temperature": config.temperature,
+        "student_layers": config.student_layers,
+        "student_model": config.student_model,
+    }
+    if student.num_layers:
+        extra["num_layers"] = student.num_layers
+    manifest = Manifest.for_builder(
+        builder,
+        scale,
+        kind="distill",
+        base_model=student.base_model or config.student_model or config.teacher,
+        dtype="bfloat16-autocast" if config.bf16 else "float32",
+        provenance={
+            "data": config.data,
+            "records": len(records),
+            "config": {k: v for k, v in asdict(config).items() if _jsonable(v)},
+            "train_loss": result.training_loss,
+            "command": reproduce_command(),
+        },
+        extra=extra,
+    )
+    manifest.write(out)
+    manifest.parity["reload_max_abs_diff"] = reload_check(model, out, records[:8], builder)
+    if keep_teacher:
+        manifest.extra["dev_report"] = dev_report(teacher, out, config)
+        (out / "distill_report.json").write_text(json.dumps(manifest.extra["dev_report"], indent=2) + "\n")
+    manifest.write(out)
+    log.info("wrote %s", out)
+    return out
+
+
+def _tokenizer_folder(path: Path) -> Path:
+    if (path / "tokenizer_config.json").is_file():
+        return path
+    return Path(str(Manifest.read(path).base_model))
+
+
+def reload_check(model: Any, out: Path, records: Sequence[Record], builder: PromptBuilder) -> float:
+    """Max |logit difference| between the in-memory student and the one `load_scorer` rebuilds from `out`."""
+    from afrl.scorer import load_scorer
+
+    model.eval()
+    # The scorer reads `model.model` (the decoder): unwrap PEFT, whose LoRA layers stay injected in the base.
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    mem = TorchScorer(inner, builder.tokenizer, builder, GradeScale())
+    loaded = load_scorer(str(out))
+    prompts = builder.build_many([(r.query, r.document) for r in records])
+    diff = float((mem.logits_for_prompts(prompts) - loaded.logits_for_prompts(prompts)).abs().max())
+    log.info("reloaded student: max |grade logit difference| %.2e", diff)
+    return diff
+
+
+def dev_report(teacher: TorchScorer, out: Path, config: AfrlDistillConfig) -> dict[str, Any]:
+    """Teacher vs student on the dev split: macro-F1, grade agreement, nDCG@10, and the scoring speed ratio."""
+    from afrl.scorer import load_scorer
+    from training.evaluate import evaluate_records, evaluate_trec
+    from training.sources import load_sources, subset
+
+    student = load_scorer(str(out), batch_size=teacher.batch_size)
+    report: dict[str, Any] = {}
+    if config.report_records and config.dev_data:
+        dev = subset(load_sources(config.dev_data, config.dev_fraction, config.split_seed), config.report_records)
+        prompts = teacher.builder.build_many([(r.query, r.document) for r in dev])
+        t_time, t_logits = _timed(teacher, prompts)
+        s_time, s_logits = _timed(student, prompts)
+        report["records"] = len(dev)
+        report["grade_agreement"] = float((t_logits.argmax(-1) == s_logits.argmax(-1)).float().mean())
+        report["speed_ratio"] = t_time / s_time
+        report["teacher"] = _metrics(evaluate_records(teacher, dev))
+        report["student"] = _metrics(evaluate_records(student, dev))
+    trec = [s for s in config.dev_data if s.startswith("trec:")]
+    if config.report_trec_queries and trec:
+        from training.data import TrecCollection, split_by_query
+
+        directory = trec[0].split(":")[1]
+        coll = TrecCollection.load(directory)
+        _, dev_qids = split_by_query(
+            [q for q in coll.queries if q in coll.qrels], config.dev_fraction, config.split_seed
+        )
+        qids = [q for q in dev_qids if q in coll.run][: config.report_trec_queries]
+        report["trec_queries"] = qids
+        report["teacher_ndcg@10"] = evaluate_trec(teacher, directory, qids=qids)["ndcg@10"]
+        report["student_ndcg@10"] = evaluate_trec(student, directory, qids=qids)["ndcg@10"]
+        report["ndcg_kept"] = report["student_ndcg@10"] / max(report["teacher_ndcg@10"], 1e-9)
+    log.info("dev report: %s", json.dumps(report))
+    return report
+
+
+def _timed(scorer: TorchScorer, prompts: Sequence[Prompt], repeats: int = 2) -> tuple[float, torch.Tensor]:
+    best, logits = float("inf"), torch.empty(0)
+    for _ in range(repeats):
+        start = time.perf_counter()
+        logits = scorer.logits_for_prompts(prompts)
+        best = min(best, time.perf_counter() - start)
+    return best, logits
+
+
+def _metrics(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k in ("accuracy", "macro_f1", "ndcg@10")}
+
+
+def _jsonable(v: Any) -> bool:
+    return v is None or isinstance(v, str | int | float | bool | list | dict)
+
+
+# ---------------------------------------------------------------------------------------------------- shipping
+
+
+def ship_model(model_dir: str | Path, name: str, shipped_dir: Path | None = None, order: int | None = None) -> Path:
+    """Copy a trained model's manifest files into `afrl/shipped/<name>/` and make it the newest `default`.
+
+    Only the files the manifest lists (plus `afrl.json`) are copied, so checkpoints and caches stay behind; the
+    copy must verify against its manifest and weigh at most 20 MB.
+    """
+    from afrl import models
+
+    src = Path(model_dir)
+    manifest = load_verified(src)
+    shipped = shipped_dir or models.SHIPPED_DIR
+    files = [*manifest.files, MANIFEST_NAME]
+    size = sum((src / f).stat().st_size for f in files)
+    if size > MAX_SHIPPED_BYTES:
+        raise ValueError(f"{src} weighs {size / 2**20:.1f} MB; a shipped model must be at most 20 MB (use LoRA)")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ValueError(f"shipped model name {name!r}: use letters, digits, '.', '_' or '-'")
+    target = shipped / name
+    tmp = shipped / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for f in files:
+        (tmp / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / f, tmp / f)
+    load_verified(tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    index_path = shipped / "index.json"
+    entries = json.loads(index_path.read_text()) if index_path.is_file() else []
+    entries = [e for e in entries if e["path"] != name]
+    entries.append(
+        {"path": name, "order": order if order is not None else max((e["order"] for e in entries), default=0) + 1}
+    )
+    index_path.write_text(json.dumps(entries, indent=2) + "\n")
+    log.info("shipped %s (%.1f MB) as %s", src, size / 2**20, target)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.distill", description="ship a trained model")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("ship", help="copy a model folder into afrl/shipped/ and make it `--model default`")
+    p.add_argument("model_dir")
+    p.add_argument("--name", required=True)
+    p.add_argument("--order", type=int, default=None, help="index order (default: newest)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    try:
+        path = ship_model(args.model_dir, args.name, order=args.order)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

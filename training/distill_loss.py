@@ -1,0 +1,72 @@
+"""The distillation loss: soft grade targets at the first token plus the teacher's explanation tokens.
+
+    L = alpha * T^2 * KL( softmax(t / T) || softmax(s / T) )  +  (1 - alpha) * NLL(teacher-written explanation)
+
+where t and s are the teacher's and the student's K+1 grade logits at the last prompt position (the position the
+grade token is read from, `afrl.scorer.grade_logits`), T is the temperature (T^2 keeps the gradient scale of the
+soft term independent of T, as in Hinton et al. 2015), and the NLL is the mean over the explanation tokens the
+teacher wrote (its greedy continuation after its own top grade, and the end-of-turn token when it finished). The
+grade token itself is left out of the NLL: the KL term already carries the teacher's whole grade distribution,
+and a hard label on the teacher's argmax would pull the student back towards one-hot grades.
+
+One decoder pass gives both terms; the LM head is applied only to the K+1 grade rows at the grade position and to
+the explanation positions (as `training.losses.completion_nll` does for SFT).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from afrl.scorer import position_ids_from_mask
+from training.losses import causal_lm_parts
+
+
+def grade_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(softmax(t/T) || softmax(s/T)), averaged over the batch; (batch, K+1) logits in."""
+    t = temperature
+    log_p_student = F.log_softmax(student_logits.float() / t, dim=-1)
+    log_p_teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean")
+    return kl * t * t
+
+
+def distill_loss(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    grade_pos: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    grade_ids: Sequence[int],
+    alpha: float,
+    temperature: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(loss, parts) for a right-padded batch; `labels` is -100 except on the explanation tokens.
+
+    `grade_pos[b]` is the index of the last prompt token of row b; parts: kl, nll, student grade logits.
+    """
+    decoder, head = causal_lm_parts(model)
+    out = decoder(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    )
+    hidden = out.last_hidden_state
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    grade_rows = head.weight[list(grade_ids)]
+    student_logits = (hidden[rows, grade_pos] @ grade_rows.T).float()
+    kl = grade_kl(student_logits, teacher_logits.to(student_logits.device), temperature)
+    targets = labels[:, 1:]
+    keep = targets != -100
+    if alpha < 1.0 and bool(keep.any()):
+        logits = head(hidden[:, :-1][keep]).float()
+        nll = F.cross_entropy(logits, targets[keep])
+    else:  # grade-only distillation, or a batch whose explanations are all empty
+        nll = torch.zeros((), device=hidden.device)
+    loss = alpha * kl + (1.0 - alpha) * nll
+    return loss, {"kl": kl.detach(), "nll": nll.detach(), "student_logits": student_logits.detach()}
