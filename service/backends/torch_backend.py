@@ -18,30 +18,21 @@ import copy
 import logging
 import threading
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from afrl.contract import Prompt
+from afrl.hardware import bf16_is_fast
 from afrl.scorer import TorchScorer, grade_head, grade_logits, last_real_index, pad_batch, position_ids_from_mask
 from service.backends.base import ExplainEvent, ScoreStep, StreamEnd, TextDelta
 
 log = logging.getLogger(__name__)
 
 
-def cpu_has_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """True when the CPU multiplies bf16 natively (AMX or AVX512-BF16); elsewhere bf16 is slower than fp32."""
-    try:
-        flags = Path(cpuinfo).read_text()
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("amx_bf16", "avx512_bf16"))
-
-
 def resolve_dtype(name: str) -> torch.dtype:
-    if name == "bf16" or (name == "auto" and cpu_has_bf16()):
+    if name == "bf16" or (name == "auto" and bf16_is_fast()):
         return torch.bfloat16
     return torch.float32
 

@@ -11,9 +11,9 @@ import pytest
 from pydantic import ValidationError
 from service_helpers import make_backend, running, settings
 
+from afrl.hardware import cpu_has_native_bf16
 from service.app import create_app
 from service.backends.base import ScoreStep, StreamEnd, TextDelta
-from service.backends.torch_backend import cpu_has_bf16
 from service.settings import Settings
 
 QUERY = "what is the population of berlin"
@@ -117,5 +117,5 @@ def test_cli_registers_serve_and_refuses_bad_settings(capsys):
 def test_cpu_bf16_detection(tmp_path):
     (tmp_path / "yes").write_text("flags\t: fpu sse avx512f amx_bf16 amx_tile\n")
     (tmp_path / "no").write_text("flags\t: fpu sse avx2\n")
-    assert cpu_has_bf16(tmp_path / "yes") and not cpu_has_bf16(tmp_path / "no")
-    assert not cpu_has_bf16(tmp_path / "missing")
+    assert cpu_has_native_bf16(tmp_path / "yes") and not cpu_has_native_bf16(tmp_path / "no")
+    assert not cpu_has_native_bf16(tmp_path / "missing")
