@@ -41,6 +41,7 @@ def register(sub: Any) -> None:
         default="auto",
         help="weights in scorer.onnx.data (auto: when over 2 GB)",
     )
+    p.add_argument("--no-optimize", action="store_true", help="skip onnxscript graph optimisation (faster export)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")
     p.add_argument("--threads", type=int, default=None, help="torch and onnxruntime threads")
     p.set_defaults(func=run)
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         int8_per_channel=args.int8_per_channel,
         decoder=not args.no_decoder,
         external_data={"auto": None, "yes": True, "no": False}[args.external_data],
+        optimize=not args.no_optimize,
         overwrite=args.overwrite,
         threads=args.threads,
     )

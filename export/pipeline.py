@@ -48,6 +48,7 @@ class ExportOptions:
     overwrite: bool = False
     threads: int | None = None
     opset: int | None = None
+    optimize: bool = True  # onnxscript graph optimisation during export (see graphs.export_scorer)
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
@@ -103,13 +104,20 @@ def export_scorer_model(scorer: TorchScorer, base_model: str, opts: ExportOption
     timings: dict[str, float] = {}
     pairs = load_check_pairs(opts.check_data, opts.max_check_pairs)
     prompts = scorer.builder.build_many(pairs)
-    extra: dict[str, Any] = {"grade_ids": scorer.grade_ids, "pad_id": scorer.pad_id, "scorers": ["fp32"]}
+    extra: dict[str, Any] = {
+        "grade_ids": scorer.grade_ids,
+        "pad_id": scorer.pad_id,
+        "scorers": ["fp32"],
+        "graph_optimized_at_export": opts.optimize,
+    }
 
     with stage(f"torch reference on {len(pairs)} check pairs", timings):
         reference = scorer.logits_for_prompts(prompts).numpy()
     with stage("scorer graph (torch.onnx dynamo)", timings):
         scorer_path = out / graphs.SCORER_FILE
-        external = graphs.export_scorer(scorer.model, scorer.grade_ids, scorer_path, opts.external_data, opts.opset)
+        external = graphs.export_scorer(
+            scorer.model, scorer.grade_ids, scorer_path, opts.external_data, opts.opset, opts.optimize
+        )
         extra["external_data"] = external
     with stage("fp32 parity, left and right padding", timings):
         fp32 = {side: ort_logits(scorer_path, scorer, prompts, side, opts.threads) for side in ("left", "right")}

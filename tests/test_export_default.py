@@ -18,7 +18,7 @@ def default_export(tmp_path_factory):
     scorer = load_scorer("default-base")
     out = tmp_path_factory.mktemp("onnx-default")
     # the decoder is left out to keep CI time down (tests/test_export_tiny.py checks it; README records the default)
-    opts = ExportOptions(out=out, max_check_pairs=4, decoder=False, threads=2)
+    opts = ExportOptions(out=out, max_check_pairs=4, decoder=False, threads=2, optimize=False)
     export_scorer_model(scorer, "default-base", opts)
     return out, scorer
 
