@@ -13,7 +13,11 @@ from typing import Any
 # stage name -> (module, config class name, entry function name)
 STAGES: dict[str, tuple[str, str, str]] = {
     "sft": ("training.sft", "AfrlSFTConfig", "train_sft"),
+    "rl": ("training.rl.trainer", "AfrlGRPOConfig", "train_rl"),
+    "curriculum": ("training.curriculum", "AfrlCurriculumConfig", "train_curriculum"),
+    "study": ("training.study", "AfrlStudyConfig", "run_study"),
     "distill": ("training.distill", "AfrlDistillConfig", "train_distill"),
+    "evolve": ("training.evolve", "AfrlEvolveConfig", "run_evolve"),
 }
 
 

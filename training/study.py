@@ -1,0 +1,470 @@
+"""The mode-balance study: does the SFT auxiliary loss keep rare (tail) rules alive under RL? (DESIGN.md 1)
+
+Four arms with the same budget, each starting from the same SFT model:
+
+* `sft`           - SFT only
+* `grpo`          - SFT, then plain GRPO (TRL's one advantage per completion: `advantage_mode: completion`)
+* `stepwise`      - SFT, then Stepwise-GRPO (one group-normalised advantage per step)
+* `stepwise_sft`  - SFT, then Stepwise-GRPO + mu(t) * L_SFT (Mode-Balanced Optimisation)
+
+on the rule world (a small model: the embedded SmolLM2 cut to a few layers, SFT trained here, several seeds) and
+on TREC DL (the SmolLM2 SFT model of Training I, RL on its training queries, evaluated on the dev queries). Arms
+are a YAML mapping (name -> RL overrides, `null` for SFT only), so an ablation (mu, KL, reward weights, budget) is
+another config run by the same command. Every run lives in `output_dir/<dataset>/seed<k>/<arm>/` with `eval.json`;
+a finished run is skipped, so re-running the command resumes the study. The command writes
+`training/results/mode_balance.json` (mean and std over seeds per arm and dataset) and the table in
+`training/RESULTS.md`; the best TREC arm by dev nDCG@10 is copied with its manifest to `best_teacher_dir`.
+
+    nice -n 15 afrl train study --config training/configs/study_rules.yaml       # the rule-world study (CPU)
+    afrl train study --config training/configs/study_trec.yaml                    # TREC arms (needs the SFT run)
+    python -m training.study best-teacher runs/study/trec/seed0/* --out runs/best_teacher
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shutil
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ARMS: dict[str, dict[str, Any] | None] = {
+    "sft": None,
+    "grpo": {"advantage_mode": "completion", "sft_coef": 0.0},
+    "stepwise": {"advantage_mode": "stepwise", "sft_coef": 0.0},
+    "stepwise_sft": {"advantage_mode": "stepwise", "sft_coef": 0.5},
+}
+SUMMARY_METRICS = (
+    "tail_rule_accuracy",
+    "head_rule_accuracy",
+    "macro_f1",
+    "accuracy",
+    "ndcg@10",
+    "ndcg@10_judged",
+    "grade_entropy",
+    "consistency",
+)
+
+
+@dataclass
+class AfrlStudyConfig:
+    """Knobs of the study; the budget (records, steps, generations) is set here so it fits the machine."""
+
+    output_dir: str = field(default="runs/study", metadata={"help": "one folder per dataset / seed / arm"})
+    datasets: list[str] = field(default_factory=lambda: ["rules"], metadata={"help": "rules and/or trec"})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "rule-world seeds"})
+    trec_seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "RL seeds on TREC"})
+    arms: dict[str, Any] | str | None = field(
+        default=None, metadata={"help": "arm name -> RL overrides (null = SFT only); YAML mapping or JSON"}
+    )
+    results_json: str = field(default="training/results/mode_balance.json", metadata={"help": "summary JSON"})
+    results_md: str = field(default="training/RESULTS.md", metadata={"help": "Markdown table (rewritten)"})
+    notes_md: str | None = field(
+        default="training/results/mode_balance_notes.md", metadata={"help": "analysis appended to RESULTS.md"}
+    )
+    explain_sample: int = field(default=8, metadata={"help": "explanations generated per evaluation"})
+    explain_tokens: int = field(default=96, metadata={"help": "max tokens of an evaluated explanation"})
+    # ------------------------------------------------------------------ rule world
+    rules_model: str = field(default="default-base", metadata={"help": "base model of the rule-world SFT"})
+    rules_keep_layers: list[int] | None = field(default=None, metadata={"help": "layer subset (a small model)"})
+    rules_instruction_file: str | None = field(default=None, metadata={"help": "guideline (default: contract's)"})
+    rules_train: int = field(default=512, metadata={"help": "rule-world training records per seed"})
+    rules_dev: int = field(default=512, metadata={"help": "rule-world dev records per seed (other seed)"})
+    max_query_tokens: int = field(default=32, metadata={"help": "query token budget"})
+    max_document_tokens: int = field(default=64, metadata={"help": "document token budget"})
+    sft_max_steps: int = field(default=60, metadata={"help": "SFT steps (rule world)"})
+    sft_batch_size: int = field(default=8, metadata={"help": "SFT batch size"})
+    sft_learning_rate: float = field(default=1e-3, metadata={"help": "SFT learning rate"})
+    # ------------------------------------------------------------------ RL (the same budget for every RL arm)
+    rl_max_steps: int = field(default=20, metadata={"help": "RL optimiser steps per arm"})
+    rl_prompts_per_step: int = field(default=2, metadata={"help": "prompts per step (x num_generations)"})
+    num_generations: int = field(default=4, metadata={"help": "completions per prompt (G)"})
+    max_completion_length: int = field(default=80, metadata={"help": "completion token limit"})
+    rl_learning_rate: float = field(default=2e-5, metadata={"help": "RL learning rate"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    kl_coef: float = field(default=0.0, metadata={"help": "KL to the reference (every RL arm unless overridden)"})
+    sft_coef_schedule: str = field(default="constant", metadata={"help": "mu(t) of arms with sft_coef > 0"})
+    step_rewards: dict[str, float] | str | None = field(default=None, metadata={"help": "reward weights"})
+    # ------------------------------------------------------------------ TREC DL
+    trec_sft_model: str = field(default="runs/sft_smollm2_trec", metadata={"help": "the Training I SFT model"})
+    trec_train: list[str] = field(
+        default_factory=lambda: ["trec:../shared/data/trec-dl/dl21", "trec:../shared/data/trec-dl/dl20:train"],
+        metadata={"help": "RL prompts (sources)"},
+    )
+    trec_train_records: int = field(default=256, metadata={"help": "seeded sample of RL prompts"})
+    trec_dev_dir: str = field(default="../shared/data/trec-dl/dl20", metadata={"help": "dev TREC folder"})
+    trec_dev_fraction: float = field(default=0.2, metadata={"help": "the dev split of Training I"})
+    trec_split_seed: int = field(default=0, metadata={"help": "the dev split seed of Training I"})
+    trec_rl_max_steps: int = field(default=10, metadata={"help": "RL steps per arm on TREC"})
+    trec_lora_r: int = field(default=16, metadata={"help": "LoRA rank of the TREC RL arms (0: full)"})
+    trec_lora_layers: list[int] | None = field(default=None, metadata={"help": "layers that get LoRA"})
+    best_teacher_dir: str | None = field(default="runs/best_teacher", metadata={"help": "where the best teacher goes"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.arms, str):
+            self.arms = json.loads(self.arms)
+        if isinstance(self.step_rewards, str):
+            self.step_rewards = json.loads(self.step_rewards)
+        self.arms = dict(self.arms or DEFAULT_ARMS)
+        unknown = set(self.datasets) - {"rules", "trec"}
+        if unknown:
+            raise ValueError(f"unknown datasets {sorted(unknown)}: use rules and/or trec")
+
+    @property
+    def arm_specs(self) -> dict[str, dict[str, Any] | None]:
+        assert isinstance(self.arms, dict)
+        return self.arms
+
+
+# ----------------------------------------------------------------------------------------------- runs
+
+
+def rules_records(config: AfrlStudyConfig, seed: int) -> tuple[list[Any], list[Any]]:
+    from training.rule_world import generate_records
+
+    return generate_records(config.rules_train, seed=seed), generate_records(config.rules_dev, seed=10_000 + seed)
+
+
+def run_rules_sft(config: AfrlStudyConfig, seed: int, out: Path) -> Path:
+    from training.config import AfrlSFTConfig
+    from training.sft import train_sft
+
+    if (out / "afrl.json").is_file():
+        return out
+    sft = AfrlSFTConfig(
+        output_dir=str(out),
+        model=config.rules_model,
+        data=[f"rules:{config.rules_train}:{seed}"],
+        keep_layers=config.rules_keep_layers,
+        instruction_file=config.rules_instruction_file,
+        max_query_tokens=config.max_query_tokens,
+        max_document_tokens=config.max_document_tokens,
+        lora_r=0,
+        max_steps=config.sft_max_steps,
+        per_device_train_batch_size=config.sft_batch_size,
+        learning_rate=config.sft_learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_ratio=0.05,
+        logging_steps=10,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        seed=seed,
+    )
+    return train_sft(sft)
+
+
+def rl_config(config: AfrlStudyConfig, init: Path, out: Path, seed: int, spec: dict[str, Any], trec: bool) -> Any:
+    from training.rl.config import AfrlGRPOConfig
+
+    kw: dict[str, Any] = dict(
+        output_dir=str(out),
+        model=str(init),
+        data=["study"],  # the study passes the records itself
+        max_steps=config.trec_rl_max_steps if trec else config.rl_max_steps,
+        per_device_train_batch_size=config.rl_prompts_per_step * config.num_generations,
+        num_generations=config.num_generations,
+        max_completion_length=config.max_completion_length,
+        learning_rate=config.rl_learning_rate,
+        temperature=config.temperature,
+        kl_coef=config.kl_coef,
+        sft_coef_schedule=config.sft_coef_schedule,
+        step_rewards=dict(config.step_rewards) if isinstance(config.step_rewards, dict) else None,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        seed=seed,
+    )
+    if trec and config.trec_lora_r > 0:
+        kw.update(lora_r=config.trec_lora_r, lora_layers=config.trec_lora_layers)
+    kw.update(spec)
+    return AfrlGRPOConfig(**kw)
+
+
+def grade_entropy(predicted_distribution: dict[str, int]) -> float:
+    """Entropy (nats) of the predicted-grade distribution: low when the model collapses onto a few grades."""
+    total = sum(predicted_distribution.values())
+    probs = [c / total for c in predicted_distribution.values() if c] if total else []
+    return -sum(p * math.log(p) for p in probs)
+
+
+def evaluate_model(config: AfrlStudyConfig, model_dir: Path, dataset: str, dev: list[Any] | None) -> dict[str, Any]:
+    from afrl.scorer import load_scorer
+    from training.data import TrecCollection
+    from training.evaluate import evaluate_records, evaluate_trec, split_qids
+
+    scorer = load_scorer(str(model_dir))
+    if dataset == "rules":
+        assert dev is not None
+        m = evaluate_records(scorer, dev, explain_sample=config.explain_sample, explain_tokens=config.explain_tokens)
+    else:
+        coll = TrecCollection.load(config.trec_dev_dir)
+        qids = split_qids(coll, "dev", config.trec_dev_fraction, config.trec_split_seed)
+        m = evaluate_trec(
+            scorer,
+            config.trec_dev_dir,
+            qids,
+            explain_sample=config.explain_sample,
+            explain_tokens=config.explain_tokens,
+        )
+    m["grade_entropy"] = grade_entropy(m["predicted_distribution"])
+    return m
+
+
+def run_arm(
+    config: AfrlStudyConfig, dataset: str, seed: int, arm: str, init: Path, train: list[Any], dev: list[Any] | None
+) -> dict[str, Any]:
+    from training.rl.trainer import train_rl
+
+    run_dir = Path(config.output_dir) / dataset / f"seed{seed}" / arm
+    done = run_dir / "eval.json"
+    if done.is_file():
+        log.info("%s done, skipping", run_dir)
+        return dict(json.loads(done.read_text()))
+    spec = config.arm_specs[arm]
+    if spec is None:
+        model_dir = init
+    else:
+        model_dir = train_rl(rl_config(config, init, run_dir, seed, spec, dataset == "trec"), train)
+    metrics = evaluate_model(config, model_dir, dataset, dev)
+    metrics |= {"arm": arm, "dataset": dataset, "seed": seed, "model_dir": str(model_dir), "spec": spec}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(metrics, indent=1))
+    log.info(
+        "%s seed %d %s: tail %s head %s macro-F1 %s",
+        dataset,
+        seed,
+        arm,
+        metrics.get("tail_rule_accuracy"),
+        metrics.get("head_rule_accuracy"),
+        metrics.get("macro_f1"),
+    )
+    return metrics
+
+
+def run_study(config: AfrlStudyConfig) -> Path:
+    import torch
+
+    runs: list[dict[str, Any]] = []
+    if "rules" in config.datasets:
+        for seed in config.seeds:
+            torch.manual_seed(seed)
+            train, dev = rules_records(config, seed)
+            sft_dir = run_rules_sft(config, seed, Path(config.output_dir) / "rules" / f"seed{seed}" / "sft_model")
+            for arm in config.arm_specs:
+                runs.append(run_arm(config, "rules", seed, arm, sft_dir, train, dev))
+    if "trec" in config.datasets:
+        from training.sources import load_sources, subset
+
+        init = Path(config.trec_sft_model)
+        if not (init / "afrl.json").is_file():
+            raise FileNotFoundError(f"{init} has no afrl.json: run the Training I SFT first (or set trec_sft_model)")
+        records = load_sources(config.trec_train, config.trec_dev_fraction, config.trec_split_seed)
+        for seed in config.trec_seeds:
+            train = subset(records, config.trec_train_records, seed)
+            for arm in config.arm_specs:
+                runs.append(run_arm(config, "trec", seed, arm, init, train, None))
+        if config.best_teacher_dir:
+            trec_runs = [r for r in runs if r["dataset"] == "trec"]
+            select_best_teacher([Path(r["model_dir"]) for r in trec_runs], Path(config.best_teacher_dir), trec_runs)
+    summary = summarise(runs, config)
+    out = Path(config.results_json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=1) + "\n")
+    Path(config.results_md).write_text(render_results(summary, config))
+    log.info("wrote %s and %s", out, config.results_md)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- summary
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "n": len(values),
+        "values": values,
+    }
+
+
+def summarise(runs: list[dict[str, Any]], config: AfrlStudyConfig) -> dict[str, Any]:
+    entries = []
+    keys = sorted({(r["dataset"], r["arm"]) for r in runs}, key=lambda k: (k[0], list(config.arm_specs).index(k[1])))
+    for dataset, arm in keys:
+        group = [r for r in runs if r["dataset"] == dataset and r["arm"] == arm]
+        entry: dict[str, Any] = {"dataset": dataset, "arm": arm, "seeds": [r["seed"] for r in group]}
+        entry["spec"] = group[0]["spec"]
+        for metric in SUMMARY_METRICS:
+            values = [float(r[metric]) for r in group if r.get(metric) is not None]
+            if values:
+                entry[metric] = _stats(values)
+        recalls: dict[str, list[float]] = {}
+        for r in group:
+            for g, v in (r.get("per_grade_recall") or {}).items():
+                if v is not None:
+                    recalls.setdefault(str(g), []).append(float(v))
+        entry["per_grade_recall"] = {g: _stats(v) for g, v in sorted(recalls.items())}
+        rules: dict[str, list[float]] = {}
+        for r in group:
+            for name, v in (r.get("per_rule_accuracy") or {}).items():
+                rules.setdefault(name, []).append(float(v))
+        if rules:
+            entry["per_rule_accuracy"] = {n: statistics.fmean(v) for n, v in sorted(rules.items())}
+        entries.append(entry)
+    budget = {k: v for k, v in asdict(config).items() if k not in ("results_json", "results_md", "notes_md")}
+    return {"config": budget, "entries": entries, "verdict": verdicts(entries)}
+
+
+def verdicts(entries: list[dict[str, Any]]) -> list[str]:
+    """Plain statements on the central claim, from the numbers: mode-balanced vs plain GRPO on tail rules."""
+    out = []
+    by = {(e["dataset"], e["arm"]): e for e in entries}
+    for dataset in sorted({e["dataset"] for e in entries}):
+        a, b = by.get((dataset, "stepwise_sft")), by.get((dataset, "grpo"))
+        metric = "tail_rule_accuracy" if dataset == "rules" else "ndcg@10"
+        if not a or not b or metric not in a or metric not in b:
+            continue
+        ma, mb = a[metric]["mean"], b[metric]["mean"]
+        spread = max(a[metric]["std"], b[metric]["std"])
+        if ma > mb + spread:
+            word = "beats"
+        elif ma > mb:
+            word = "is ahead of, but within one std of,"
+        else:
+            word = "does NOT beat"
+        out.append(
+            f"{dataset}: stepwise_sft {word} plain GRPO on {metric} ({ma:.3f} vs {mb:.3f}, std up to {spread:.3f}, "
+            f"n = {a[metric]['n']} seeds)."
+        )
+    return out
+
+
+def _cell(entry: dict[str, Any], metric: str) -> str:
+    s = entry.get(metric)
+    if not s:
+        return "-"
+    return f"{s['mean']:.3f} ± {s['std']:.3f}" if s["n"] > 1 else f"{s['mean']:.3f}"
+
+
+def render_results(summary: dict[str, Any], config: AfrlStudyConfig) -> str:
+    c = summary["config"]
+    lines = [
+        "# Training results",
+        "",
+        "Generated by `afrl train study --config <study config>` (training/study.py); every number below comes",
+        "from `training/results/mode_balance.json`, which the same command writes. Do not edit by hand: edit",
+        f"`{config.notes_md}` (appended below) or the config, and re-run.",
+        "",
+        "## Mode balance: does the SFT auxiliary loss keep tail rules alive under RL?",
+        "",
+        "Arms (same RL budget each, all from the same SFT model): "
+        + "; ".join(f"`{k}`: {v if v else 'SFT only'}" for k, v in config.arm_specs.items()),
+        "",
+        f"Budget: rule world {c['rules_train']} train / {c['rules_dev']} dev records per seed, seeds {c['seeds']}, "
+        f"model `{c['rules_model']}` layers {c['rules_keep_layers']}, SFT {c['sft_max_steps']} steps x "
+        f"{c['sft_batch_size']}; RL {c['rl_max_steps']} steps x {c['rl_prompts_per_step']} prompts x "
+        f"{c['num_generations']} completions (max {c['max_completion_length']} tokens), lr {c['rl_learning_rate']}, "
+        f"KL {c['kl_coef']}, mu schedule {c['sft_coef_schedule']}. TREC: {c['trec_rl_max_steps']} RL steps from "
+        f"`{c['trec_sft_model']}`, seeds {c['trec_seeds']}. Mean ± std over seeds.",
+        "",
+        "| dataset | arm | tail-rule acc | head-rule acc | macro-F1 | accuracy | nDCG@10 | nDCG@10 (judged) "
+        "| grade entropy | expl. consistency |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for e in summary["entries"]:
+        cells = [_cell(e, m) for m in SUMMARY_METRICS]
+        lines.append(f"| {e['dataset']} | {e['arm']} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Per-grade recall (mean over seeds):",
+        "",
+        "| dataset | arm | " + " | ".join(f"grade {g}" for g in range(4)) + " |",
+        "|---|---|---|---|---|---|",
+    ]
+    for e in summary["entries"]:
+        rec = e.get("per_grade_recall", {})
+        lines.append(
+            f"| {e['dataset']} | {e['arm']} | "
+            + " | ".join(f"{rec[str(g)]['mean']:.3f}" if str(g) in rec else "-" for g in range(4))
+            + " |"
+        )
+    if "trec" not in {e["dataset"] for e in summary["entries"]}:
+        lines += ["", "TREC DL arms: not run by this invocation (see the notes below)."]
+    lines += ["", "### Verdict (computed)", ""]
+    lines += [f"- {v}" for v in summary["verdict"]] or ["- no arms to compare"]
+    notes = Path(config.notes_md) if config.notes_md else None
+    if notes is not None and notes.is_file():
+        lines += ["", notes.read_text().rstrip()]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------- best teacher
+
+
+def _ndcg(model_dir: Path, known: dict[str, float]) -> float | None:
+    if str(model_dir) in known:
+        return known[str(model_dir)]
+    for name in ("eval.json", "metrics.json", "eval/metrics.json"):
+        for folder in (model_dir, model_dir.parent):
+            p = folder / name
+            if p.is_file():
+                value = json.loads(p.read_text()).get("ndcg@10")
+                return float(value) if value is not None else None
+    return None
+
+
+def select_best_teacher(
+    candidates: list[Path], out: Path, runs: list[dict[str, Any]] | None = None
+) -> dict[str, Any] | None:
+    """Copy the candidate with the best dev nDCG@10 (and its manifest) to `out`; record why in teacher.json.
+
+    A candidate's nDCG@10 comes from `runs` or from an `eval.json` / `metrics.json` beside or inside its folder.
+    """
+    from afrl.manifest import load_verified
+
+    known = {str(r["model_dir"]): float(r["ndcg@10"]) for r in runs or [] if r.get("ndcg@10") is not None}
+    scored = [(s, c) for c in candidates if (s := _ndcg(c, known)) is not None]
+    if not scored:
+        log.warning("no candidate has a dev nDCG@10; no teacher selected")
+        return None
+    best_score, best = max(scored, key=lambda x: x[0])
+    load_verified(best)  # refuse to keep a folder whose manifest does not verify
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(best, out, ignore=shutil.ignore_patterns("checkpoint-*"))
+    record = {
+        "selected": str(best),
+        "ndcg@10": best_score,
+        "candidates": {str(c): s for s, c in scored},
+        "criterion": "dev nDCG@10 (TREC DL, reranking the first-stage run)",
+    }
+    (out / "teacher.json").write_text(json.dumps(record, indent=1) + "\n")
+    log.info("best teacher %s (nDCG@10 %.4f) -> %s", best, best_score, out)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    bt = sub.add_parser("best-teacher", help="keep the candidate model with the best dev nDCG@10")
+    bt.add_argument("candidates", nargs="+", help="model folders (with eval.json or metrics.json beside or inside)")
+    bt.add_argument("--out", default="runs/best_teacher")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    record = select_best_teacher([Path(c) for c in args.candidates], Path(args.out))
+    print(json.dumps(record, indent=1))
+    return 0 if record else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
