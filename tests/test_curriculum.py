@@ -58,7 +58,7 @@ def test_selection_on_a_toy_set(select, expected):
 
 
 def test_missing_difficulty_and_bad_stages_are_refused():
-    records, difficulty = toy()
+    records, _ = toy()
     with pytest.raises(KeyError, match="no difficulty"):
         select_records(records, {}, ["hard"], 0.6)
     with pytest.raises(ValueError, match="unknown selectors"):
