@@ -18,6 +18,7 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "study": ("training.study", "AfrlStudyConfig", "run_study"),
     "distill": ("training.distill", "AfrlDistillConfig", "train_distill"),
     "evolve": ("training.evolve", "AfrlEvolveConfig", "run_evolve"),
+    "evolve": ("training.evolve", "AfrlEvolveConfig", "run_evolve"),
 }
 
 
