@@ -1,0 +1,55 @@
+"""The benchmark's sizes and repeats in one dataclass: the full run, and `--quick` for CI on tiny models."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class BenchConfig:
+    model: str = "default"
+    quick: bool = False
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    cache_dir: Path | None = None
+    warmup: int = 1
+    repeats: int = 3
+    budget_s: float = 30.0
+    """Timed runs of one configuration stop starting once they have used this many seconds (min. one run)."""
+    batch: int = 32
+    prompt_tokens: int = 200
+    explanation_tokens: int = 60
+    """Reason-first baseline: tokens generated before the grade is read (an AFRL explanation's length)."""
+    prefix_documents: int = 100
+    prefix_instruction_tokens: int = 384
+    prefix_prompt_tokens: int = 470
+    """Prompt length with the long instruction: instruction + query + a document of about 64 tokens."""
+    service_concurrency: tuple[int, ...] = (1, 8, 32)
+    service_seconds: float = 10.0
+    service_prompt_tokens: int = 200
+    qwen3_batch: int = 32
+    qwen3_tokens: int = 256
+    skip: tuple[str, ...] = ()
+    """Items to leave out: answer_first, backends, roofline, prefix, service, qwen3."""
+
+    @classmethod
+    def quick_for(cls, **kw: Any) -> BenchConfig:
+        """Small everything: a smoke run of every code path on a tiny model (whose tokenizer makes the template and
+        default instruction about 180 tokens, hence the prompt lengths).
+        """
+        base: dict[str, Any] = dict(
+            quick=True, warmup=1, repeats=2, budget_s=5.0, batch=32, prompt_tokens=224, explanation_tokens=8,
+            prefix_documents=12, prefix_instruction_tokens=220, prefix_prompt_tokens=340, service_seconds=1.0,
+            service_prompt_tokens=224, qwen3_batch=4, qwen3_tokens=32,
+        )  # fmt: skip
+        base.update(kw)
+        return cls(**base)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["cache_dir"] = str(self.cache_dir) if self.cache_dir else None
+        data["service_concurrency"] = list(self.service_concurrency)
+        data["skip"] = list(self.skip)
+        return data

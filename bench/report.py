@@ -1,0 +1,310 @@
+"""BENCHMARKS.md from the benchmark JSON (and the GPU JSON beside it, when bench/gpu.py has written one).
+
+The Markdown is generated, never edited by hand: `afrl bench --from-json bench/results/cpu.json --markdown
+BENCHMARKS.md` rewrites it from the numbers, so the document and the JSON cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.runner import HEADLINES
+
+LABELS = {
+    "answer_first_speedup": "1. Answer-first over reason-first (pairs/s, full batch)",
+    "best_backend_speedup_b32": "2. Best backend over torch fp32, full batch",
+    "roofline_fraction": "3. Roofline: achieved / measured peak",
+    "prefix_reuse_speedup": "4. Prefix reuse over plain",
+    "batching_speedup_c32": "5. Dynamic batching on / off, throughput at top concurrency",
+    "http_overhead_ms_c1": "5. HTTP overhead at concurrency 1 (ms)",
+    "qwen3_0p6b_pairs_per_s": "6. Qwen3-0.6B architecture, pairs/s",
+    "server_rss_mb": "7. Server peak RSS (MB)",
+}
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, float):
+        if x != x:  # NaN
+            return "n/a"
+        if abs(x) >= 1e9:
+            return f"{x / 1e9:.1f} G"
+        return f"{x:.{digits}g}" if abs(x) < 1000 else f"{x:,.0f}"
+    return str(x)
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(fmt(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine_section(data: dict[str, Any]) -> str:
+    m = data["machine"]
+    flags = ", ".join(f for f, on in m.get("cpu_flags", {}).items() if on) or "none of interest"
+    v = m.get("versions", {})
+    rows = [
+        ["CPU", m.get("cpu_model") or m.get("gpu_name", "n/a")],
+        ["logical CPUs / physical cores", f"{m.get('logical_cpus')} / {m.get('physical_cores')}"],
+        ["threads used (torch.set_num_threads, ORT intra_op_num_threads)", str(m.get("threads_used"))],
+        ["relevant CPU flags", flags],
+        ["native bf16 (AMX or AVX512-BF16)", fmt(m.get("native_bf16"))],
+        ["memory", f"{m.get('memory_gib')} GiB"],
+        [
+            "load average (1, 5, 15 min) at start / end",
+            f"{m.get('load_average_at_start')} / {m.get('load_average_at_end')}",
+        ],
+        ["versions", ", ".join(f"{k} {val}" for k, val in v.items())],
+    ]
+    if "gpu_name" in m:
+        rows.insert(1, ["GPU", m["gpu_name"]])
+    return table(["", ""], rows)
+
+
+def summary_section(data: dict[str, Any]) -> str:
+    rows = []
+    for key in HEADLINES:
+        t = data.get("targets", {}).get(key, {})
+        target = f"{t['comparison']} {fmt(t['target'])}" if t.get("target") is not None else "none set"
+        rows.append([LABELS[key], f"`{key}`", fmt(data.get(key)), target, fmt(t.get("met"))])
+    return table(["figure", "JSON key", "measured", "target", "met"], rows)
+
+
+def _per_s(entry: dict[str, Any]) -> Any:
+    return entry.get("per_s")
+
+
+def answer_first_section(item: dict[str, Any]) -> str:
+    rows = []
+    for key in sorted(k for k in item if k.startswith("batch_")):
+        row = item[key]
+        rows.append(
+            [
+                key.replace("batch_", ""),
+                _per_s(row["answer_first"]),
+                _per_s(row["reason_first"]),
+                row["speedup"],
+                f"{row['answer_first']['repeats']} / {row['reason_first']['repeats']}",
+            ]
+        )
+    return (
+        f"Same model and backend ({item['model_backend']}), same prompt length (answer-first "
+        f"{fmt(item['answer_first_prompt_tokens'])} tokens, reason-first {fmt(item['reason_first_prompt_tokens'])}). "
+        "Answer-first: one forward pass, grade logits at the last prompt position. Reason-first: the instruction "
+        f"asks for the explanation before the grade; `generate` writes {item['explanation_tokens']} tokens greedily "
+        "(KV cache, every row writes all of them), then the grade is read from the next position's logits.\n\n"
+        + table(["batch", "answer-first pairs/s", "reason-first pairs/s", "speed-up", "repeats (af / rf)"], rows)
+    )
+
+
+def backends_section(item: dict[str, Any]) -> str:
+    b = item["batch"]
+    rows = []
+    for name, r in item["backends"].items():
+        agree = r["vs_baseline_on_batch"]
+        rows.append(
+            [
+                f"`{name}`",
+                _per_s(r["batch_1"]),
+                r["speedup_b1"],
+                _per_s(r[f"batch_{b}"]),
+                r[f"speedup_b{b}"],
+                agree["grade_agreement"],
+                agree["max_abs_prob_diff"],
+                f"{r['batch_1']['repeats']} / {r[f'batch_{b}']['repeats']}",
+            ]
+        )
+    return (
+        f"Batch 1 and batch {b} x {fmt(item['prompt_tokens'])} tokens (token ids built once; tokenisation is not "
+        f"timed). Ratios and grade agreement are against `{item['baseline']}`. Best at batch {b}: "
+        f"`{item['best_backend_b32']}`.\n\n"
+        + table(
+            [
+                "backend",
+                "b1 pairs/s",
+                "b1 vs baseline",
+                f"b{b} pairs/s",
+                f"b{b} vs baseline",
+                "grade agreement",
+                "max prob diff",
+                "repeats (b1 / b)",
+            ],
+            rows,
+        )
+    )
+
+
+def roofline_section(item: dict[str, Any]) -> str:
+    shapes = ", ".join(f"{s}: {fmt(v)}FLOP/s" for s, v in item["by_shape_flops_per_s"].items())
+    return table(
+        ["", ""],
+        [
+            ["scorer", f"`{item['backend']}` ({item['runtime']}, {item['number_type']})"],
+            ["non-embedding parameters", f"{item['non_embedding_parameters']:,}"],
+            ["FLOPs of the batch (dense + attention)", f"{fmt(item['dense_flops'])} + {fmt(item['attention_flops'])}"],
+            ["achieved", f"{fmt(item['achieved_flops_per_s'])}FLOP/s"],
+            ["measured peak (same runtime and number type)", f"{fmt(item['peak_flops_per_s'])}FLOP/s ({shapes})"],
+            ["fraction", fmt(item["roofline_fraction"])],
+        ],
+    )
+
+
+def prefix_section(item: dict[str, Any]) -> str:
+    a = item["reuse_vs_plain"]
+    return (
+        f"{item['documents']} documents for one query, prompts of {item['prompt_tokens']} tokens of which "
+        f"{item['shared_prefix_tokens']} are the shared instruction + query prefix ({item['instruction_tokens']}-token "
+        f"instruction); {item['backend']}, passes of {item['pass_size']} documents as the batcher makes them. "
+        f"The two paths' grades agree on {fmt(a['grade_agreement'])} of the documents "
+        f"(max prob diff {fmt(a['max_abs_prob_diff'])})."
+        "\n\n"
+        + table(
+            ["path", "seconds (median)", "documents/s", "repeats"],
+            [
+                ["plain", item["plain"]["median_s"], item["plain"]["per_s"], item["plain"]["repeats"]],
+                ["prefix reuse", item["reuse"]["median_s"], item["reuse"]["per_s"], item["reuse"]["repeats"]],
+            ],
+        )
+    )
+
+
+def service_section(item: dict[str, Any]) -> str:
+    rows = []
+    for mode, entry in item["modes"].items():
+        for lv in entry["levels"]:
+            rows.append(
+                [
+                    mode.replace("_", " "),
+                    lv["concurrency"],
+                    lv["throughput_rps"],
+                    lv["p50_ms"],
+                    lv["p99_ms"],
+                    lv["requests"],
+                    lv["errors"],
+                ]
+            )
+    inproc = item["modes"]["batching_off"]["in_process_c1"]["median_s"] * 1000
+    return (
+        f"`afrl serve` in its own process ({item['served_backend']} backend, scorer `{item.get('served_scorer')}`), "
+        f"{item['request']}, {fmt(item['seconds_per_level'])} s per level, httpx clients in the benchmark process. "
+        "Batching off = `max_batch_pairs` 1; on = the defaults (32 pairs, 5 ms window).\n\n"
+        + table(["batching", "concurrency", "requests/s", "p50 ms", "p99 ms", "requests", "errors"], rows)
+        + f"\n\nHTTP overhead at concurrency 1: p50 over HTTP minus the in-process backend call ({fmt(inproc)} ms, "
+        f"prompt building + scoring) = **{fmt(item['http_overhead_ms_c1'])} ms**."
+    )
+
+
+def qwen3_section(item: dict[str, Any]) -> str:
+    c = item["config"]
+    return (
+        f"{item['model']}: {c['num_hidden_layers']} layers, hidden {c['hidden_size']}, vocabulary {c['vocab_size']}; "
+        f"backend `{item['backend']}`, batch {item['batch']} x {item['tokens']} tokens, {item['threads']} threads, "
+        "in its own process.\n\n"
+        + table(
+            ["pairs/s", "median s per batch", "repeats", "load s", "peak RSS MB"],
+            [[item["pairs_per_s"], item["median_s"], item["repeats"], item["load_s"], item["peak_rss_mb"]]],
+        )
+    )
+
+
+def memory_section(item: dict[str, Any]) -> str:
+    rows = [[m.replace("_", " "), e.get("peak_rss_mb")] for m, e in item["modes"].items()]
+    return (
+        "VmHWM of the server process (/proc/PID/status) after the load runs: model, runtime, both scorers' and the "
+        "explanation decoder's weights, batches at the top concurrency.\n\n" + table(["server", "peak RSS MB"], rows)
+    )
+
+
+SECTIONS = [
+    ("answer_first", "1. Answer-first against reason-first", answer_first_section),
+    ("backends", "2. Backends", backends_section),
+    ("roofline", "3. Roofline", roofline_section),
+    ("prefix", "4. Prefix reuse", prefix_section),
+    ("service", "5. Service under load", service_section),
+    ("qwen3", "6. Production size", qwen3_section),
+    ("service", "7. Server memory", memory_section),
+]
+
+
+def items_markdown(data: dict[str, Any], level: str = "##") -> list[str]:
+    out = []
+    for key, title, render in SECTIONS:
+        item = data.get("items", {}).get(key)
+        out.append(f"{level} {title}\n")
+        if item is None or item.get("skipped"):
+            out.append("Not measured in this run.\n")
+        elif "error" in item:
+            out.append(f"Failed: `{item['error']}`\n")
+        else:
+            out.append(render(item) + "\n")
+    return out
+
+
+def gpu_section(gpu: dict[str, Any] | None) -> list[str]:
+    out = ["## 8. GPU (CUDA and TensorRT, fp16)\n"]
+    if gpu is None:
+        out.append(
+            "**Not run.** `bench/gpu.py` runs items 1-4 and 6 with onnxruntime's CUDA and TensorRT execution "
+            "providers (fp16) on an NVIDIA GPU and writes `bench/results/gpu.json` and this section. The machine "
+            "these numbers come from has no GPU, so it has not been run yet:\n\n"
+            "```bash\npip install -e '.[gpu]'   # onnxruntime-gpu, in its own environment (never with onnxruntime)\n"
+            "python -m bench.gpu --model default-base --json bench/results/gpu.json --markdown BENCHMARKS.md\n```\n"
+        )
+        return out
+    out.append(f"Measured by `{gpu['command']}` on {gpu['created_utc']}.\n")
+    out.append(machine_section(gpu) + "\n")
+    out += [s.replace("## ", "### GPU ") for s in items_markdown(gpu, "##") if "Not measured" not in s]
+    return out
+
+
+def render(data: dict[str, Any], gpu: dict[str, Any] | None = None, source: str = "bench/results/cpu.json") -> str:
+    notes = []
+    if data.get("quick"):
+        notes.append(
+            "**This is a `--quick` run** (small sizes, few repeats): it checks the code paths, the numbers mean little."
+        )
+    load = data["machine"].get("load_average_at_start", [0])[0]
+    cpus = data["machine"].get("logical_cpus") or 1
+    if load > 0.5 * cpus:
+        notes.append(
+            f"The load average was {load} on {cpus} logical CPUs when the run started: other jobs shared the cores, "
+            "so absolute figures are low; ratios are less affected, but not immune."
+        )
+    if data.get("errors"):
+        notes.append("Items that failed: " + ", ".join(f"{k} ({v})" for k, v in data["errors"].items()))
+    parts = [
+        "# Benchmarks\n",
+        f"Generated from `{source}` by `afrl bench`; do not edit by hand. Ratios are measured side by "
+        "side in one run; each figure is a median over repeats after warm-up (the tables give the repeat counts). "
+        "These are not tests: no number ever fails CI.\n",
+        f"Command: `{data['command']}` ({data['created_utc']}, {fmt(data.get('total_seconds'))} s in all).\n",
+        *(n + "\n" for n in notes),
+        "## Machine\n",
+        machine_section(data) + "\n",
+        "## Summary\n",
+        summary_section(data) + "\n",
+        *items_markdown(data),
+        *gpu_section(gpu),
+    ]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def write_markdown(json_path: Path, markdown_path: Path, gpu_json: Path | None = None) -> Path:
+    data = json.loads(Path(json_path).read_text())
+    gpu_path = gpu_json or Path(json_path).with_name("gpu.json")
+    gpu = json.loads(gpu_path.read_text()) if gpu_path.is_file() else None
+    Path(markdown_path).write_text(render(data, gpu, _display_path(Path(json_path))))
+    return Path(markdown_path)
+
+
+def _display_path(path: Path) -> str:
+    """The JSON's path relative to the working directory when it is inside it (as the README quotes it)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,197 @@
+"""Items 5 and 7: the HTTP service under load, with dynamic batching on and off, and its peak memory.
+
+The server is the real thing, `afrl serve` (uvicorn + the app from `service.app.create_app`) in its own process on
+a free 127.0.0.1 port, so that its peak resident memory (VmHWM in /proc/PID/status) is its own and the load
+generator (httpx, asyncio, in this process) does not share its interpreter. It runs twice: with the default
+settings (dynamic batching, `max_batch_pairs` 32) and with `max_batch_pairs` 1 (batching off); nothing else
+changes. Each request is a /score call with one (query, document) pair of about `service_prompt_tokens` tokens,
+so batching can only come from concurrent requests. At each concurrency, `c` clients send requests back to back
+for a fixed time; throughput is completed requests per second, latencies are per request as the client sees them.
+
+HTTP overhead at concurrency 1 = the median /score latency with batching off (no batching window to wait
+out) minus the median time of the same work in process: the backend's own prompt building and scoring call.
+Both run on this machine's cores with the other side idle, but the client's own CPU time is part of the HTTP
+figure: that is what a caller on the same host pays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import workload
+from bench.config import BenchConfig
+from bench.timing import measure, percentile, ratio
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def vm_hwm_mb(pid: int) -> float | None:
+    """Peak resident set size of a live process, from /proc (Linux); None elsewhere."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+class Server:
+    """`afrl serve` in a subprocess; its log goes to a file so a full pipe can never stall it."""
+
+    def __init__(self, model: str, backend: str, dtype: str, threads: int, max_batch_pairs: int, log_path: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        env = {**os.environ, "AFRL_LOG_LEVEL": "warning"}
+        self.cmd = [
+            sys.executable, "-m", "afrl.cli", "serve", "--model", model, "--backend", backend, "--port",
+            str(self.port), "--threads", str(threads), "--max-batch-pairs", str(max_batch_pairs), "--dtype", dtype,
+        ]  # fmt: skip
+        self._log = log_path.open("w")
+        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    def wait_ready(self, timeout_s: float = 600) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.proc.returncode}; see {self.log_path}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.25)
+        raise RuntimeError(f"the server was not ready within {timeout_s:g} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # graceful: uvicorn drains, the lifespan closes the batcher
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+
+async def _load(url: str, bodies: list[dict[str, Any]], concurrency: int, seconds: float) -> dict[str, Any]:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+
+        async def worker(offset: int) -> None:
+            nonlocal errors
+            i = offset
+            while time.perf_counter() < stop_at:
+                start = time.perf_counter()
+                r = await client.post("/score", json=bodies[i % len(bodies)])
+                if r.status_code == 200:
+                    latencies.append(time.perf_counter() - start)
+                else:
+                    errors += 1
+                i += concurrency
+
+        begin = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        elapsed = time.perf_counter() - begin
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "errors": errors,
+        "seconds": round(elapsed, 3),
+        "throughput_rps": round(len(latencies) / elapsed, 3),
+        "p50_ms": round(percentile(latencies, 50) * 1000, 2),
+        "p99_ms": round(percentile(latencies, 99) * 1000, 2),
+        "mean_ms": round(sum(latencies) / max(1, len(latencies)) * 1000, 2),
+    }
+
+
+def request_bodies(builder: Any, tokenizer: Any, n: int, prompt_tokens: int) -> list[dict[str, Any]]:
+    """/score bodies with one pair each, whose documents are cut (as text) to make ~prompt_tokens prompts."""
+    bodies = []
+    for p in workload.prompts(builder, n, prompt_tokens, seed=2):
+        query = tokenizer.decode(p.input_ids[p.prefix_len : p.prefix_len + p.query_tokens]).strip()
+        start = p.query_prefix_len
+        document = tokenizer.decode(p.input_ids[start : start + p.document_tokens]).strip()
+        bodies.append({"pairs": [{"query": query, "document": document}]})
+    return bodies
+
+
+def in_process_ms(backend: Any, body: dict[str, Any], cfg: BenchConfig) -> dict[str, Any]:
+    pair = (body["pairs"][0]["query"], body["pairs"][0]["document"])
+    t = measure(lambda: backend.grade_logits(backend.builder.build_many([pair])), cfg.warmup + 2, max(cfg.repeats, 7))
+    return t.to_dict(items=1)
+
+
+def bench_service(
+    cfg: BenchConfig, serve_model: str, serve_backend: str, dtype: str, in_process: Any, workdir: Path
+) -> dict[str, Any]:
+    """Items 5 and 7: returns the per-mode load results, the batching speed-up, the HTTP overhead, the peak RSS."""
+    bodies = request_bodies(in_process.builder, in_process.tokenizer, 64, cfg.service_prompt_tokens)
+    modes: dict[str, Any] = {}
+    for mode, max_batch in (("batching_on", 32), ("batching_off", 1)):
+        server = Server(serve_model, serve_backend, dtype, cfg.threads, max_batch, workdir / f"server-{mode}.log")
+        try:
+            started = time.perf_counter()
+            server.wait_ready()
+            ready_s = time.perf_counter() - started
+            log.info("bench: server (%s, %s) ready in %.1f s at %s", serve_backend, mode, ready_s, server.url)
+            asyncio.run(_load(server.url, bodies, 4, min(2.0, cfg.service_seconds)))  # warm-up
+            levels = [asyncio.run(_load(server.url, bodies, c, cfg.service_seconds)) for c in cfg.service_concurrency]
+            for row in levels:
+                log.info("bench: %s c=%d: %.1f req/s, p50 %.0f ms, p99 %.0f ms", mode, row["concurrency"],
+                         row["throughput_rps"], row["p50_ms"], row["p99_ms"])  # fmt: skip
+            entry: dict[str, Any] = {"max_batch_pairs": max_batch, "ready_s": round(ready_s, 1), "levels": levels}
+            if mode == "batching_off":
+                entry["in_process_c1"] = in_process_ms(in_process, bodies[0], cfg)
+            entry["peak_rss_mb"] = vm_hwm_mb(server.proc.pid)
+            modes[mode] = entry
+        finally:
+            server.stop()
+    top = max(cfg.service_concurrency)
+
+    def rps(mode: str, c: int) -> float:
+        return float(next(r["throughput_rps"] for r in modes[mode]["levels"] if r["concurrency"] == c))
+
+    off_c1 = next(r for r in modes["batching_off"]["levels"] if r["concurrency"] == 1)
+    http_ms = off_c1["p50_ms"] - modes["batching_off"]["in_process_c1"]["median_s"] * 1000
+    return {
+        "served_model": serve_model,
+        "served_backend": serve_backend,
+        "served_scorer": getattr(in_process, "scorer", None) and _scorer_name(in_process, dtype),
+        "request": f"POST /score with one pair of about {cfg.service_prompt_tokens} tokens",
+        "seconds_per_level": cfg.service_seconds,
+        "modes": modes,
+        "top_concurrency": top,
+        "batching_speedup_c32": ratio(rps("batching_on", top), rps("batching_off", top)),
+        "http_overhead_ms_c1": round(http_ms, 2),
+        "server_rss_mb": modes["batching_on"]["peak_rss_mb"],
+    }
+
+
+def _scorer_name(backend: Any, dtype: str) -> str:
+    manifest = getattr(backend.scorer, "manifest", None)
+    if manifest is not None and hasattr(manifest, "extra"):
+        return f"onnx-{manifest.extra.get('preferred_scorer', 'fp32')}"
+    return f"torch-{dtype}"
