@@ -59,6 +59,13 @@ class AfrlStudyConfig:
     output_dir: str = field(default="runs/study", metadata={"help": "one folder per dataset / seed / arm"})
     datasets: list[str] = field(default_factory=lambda: ["rules"], metadata={"help": "rules and/or trec"})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "rule-world seeds"})
+    shared_sft: bool = field(
+        default=False,
+        metadata={
+            "help": "one SFT model, train and dev set (those of the first seed) for every seed, so that seeds vary "
+            "only the RL phase (sampling, prompt order): the spread is RL's own, and SFT is paid once"
+        },
+    )
     trec_seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "RL seeds on TREC"})
     arms: dict[str, Any] | str | None = field(
         default=None, metadata={"help": "arm name -> RL overrides (null = SFT only); YAML mapping or JSON"}
@@ -111,7 +118,8 @@ class AfrlStudyConfig:
             self.arms = json.loads(self.arms)
         if isinstance(self.step_rewards, str):
             self.step_rewards = json.loads(self.step_rewards)
-        self.arms = dict(self.arms or DEFAULT_ARMS)
+        arms: dict[str, Any] = self.arms if isinstance(self.arms, dict) else DEFAULT_ARMS
+        self.arms = dict(arms)
         unknown = set(self.datasets) - {"rules", "trec"}
         if unknown:
             raise ValueError(f"unknown datasets {sorted(unknown)}: use rules and/or trec")
@@ -231,11 +239,16 @@ def run_arm(
         log.info("%s done, skipping", run_dir)
         return dict(json.loads(done.read_text()))
     spec = config.arm_specs[arm]
-    if spec is None:
+    cache = init / "study_eval.json"  # the SFT model's own numbers, shared by every seed that starts from it
+    if spec is None and cache.is_file():
+        model_dir, metrics = init, dict(json.loads(cache.read_text()))
+    elif spec is None:
         model_dir = init
+        metrics = evaluate_model(config, model_dir, dataset, dev)
+        cache.write_text(json.dumps(metrics))
     else:
         model_dir = train_rl(rl_config(config, init, run_dir, seed, spec, dataset == "trec"), train)
-    metrics = evaluate_model(config, model_dir, dataset, dev)
+        metrics = evaluate_model(config, model_dir, dataset, dev)
     metrics |= {"arm": arm, "dataset": dataset, "seed": seed, "model_dir": str(model_dir), "spec": spec}
     run_dir.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(metrics, indent=1))
@@ -258,10 +271,13 @@ def run_study(config: AfrlStudyConfig) -> Path:
     if "rules" in config.datasets:
         for seed in config.seeds:
             torch.manual_seed(seed)
-            train, dev = rules_records(config, seed)
-            sft_dir = run_rules_sft(config, seed, Path(config.output_dir) / "rules" / f"seed{seed}" / "sft_model")
+            data_seed = config.seeds[0] if config.shared_sft else seed
+            train, dev = rules_records(config, data_seed)
+            sft_dir = Path(config.output_dir) / "rules" / f"seed{data_seed}" / "sft_model"
+            run_rules_sft(config, data_seed, sft_dir)
             for arm in config.arm_specs:
                 runs.append(run_arm(config, "rules", seed, arm, sft_dir, train, dev))
+                write_results(runs, config)  # partial results survive an interrupted study
     if "trec" in config.datasets:
         from training.sources import load_sources, subset
 
@@ -273,15 +289,20 @@ def run_study(config: AfrlStudyConfig) -> Path:
             train = subset(records, config.trec_train_records, seed)
             for arm in config.arm_specs:
                 runs.append(run_arm(config, "trec", seed, arm, init, train, None))
+                write_results(runs, config)
         if config.best_teacher_dir:
             trec_runs = [r for r in runs if r["dataset"] == "trec"]
             select_best_teacher([Path(r["model_dir"]) for r in trec_runs], Path(config.best_teacher_dir), trec_runs)
+    return write_results(runs, config)
+
+
+def write_results(runs: list[dict[str, Any]], config: AfrlStudyConfig) -> Path:
     summary = summarise(runs, config)
     out = Path(config.results_json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1) + "\n")
     Path(config.results_md).write_text(render_results(summary, config))
-    log.info("wrote %s and %s", out, config.results_md)
+    log.info("wrote %s and %s (%d runs)", out, config.results_md, len(runs))
     return out
 
 
@@ -374,6 +395,7 @@ def render_results(summary: dict[str, Any], config: AfrlStudyConfig) -> str:
         f"model `{c['rules_model']}` layers {c['rules_keep_layers']}, SFT {c['sft_max_steps']} steps x "
         f"{c['sft_batch_size']}; RL {c['rl_max_steps']} steps x {c['rl_prompts_per_step']} prompts x "
         f"{c['num_generations']} completions (max {c['max_completion_length']} tokens), lr {c['rl_learning_rate']}, "
+        f"shared SFT model across seeds (seeds vary only RL): {c['shared_sft']}, "
         f"KL {c['kl_coef']}, mu schedule {c['sft_coef_schedule']}. TREC: {c['trec_rl_max_steps']} RL steps from "
         f"`{c['trec_sft_model']}`, seeds {c['trec_seeds']}. Mean ± std over seeds.",
         "",

@@ -64,7 +64,9 @@ def build_rl_dataset(
     from datasets import Dataset
 
     grade_ids = scale.token_ids(builder.tokenizer)
-    rows, prompt_ids, gold = [], {}, []
+    rows: list[dict[str, Any]] = []
+    prompt_ids: dict[str, list[int]] = {}
+    gold: list[list[int]] = []
     for i, r in enumerate(records):
         example = build_example(r, builder, scale, grade_ids, with_explanation)
         n_prompt = len(example["input_ids"]) - sum(example["completion_mask"])
@@ -102,6 +104,8 @@ class AfrlGRPOTrainer(GRPOTrainer):  # type: ignore[misc]
             processing_class=processing_class,
             **kwargs,
         )
+        self.afrl_args = args  # typed view of self.args (TRL types it as TrainingArguments)
+        self.tokenizer_: Any = processing_class
         self.scale = scale
         self.weights = weights
         self.grade_ids = scale.token_ids(processing_class)
@@ -123,24 +127,28 @@ class AfrlGRPOTrainer(GRPOTrainer):  # type: ignore[misc]
 
     # ------------------------------------------------------------------------------------------- mu(t)
 
+    def _mode(self) -> str:
+        model: Any = self.model
+        return "train" if model.training else "eval"
+
     def current_sft_coef(self) -> float:
-        a = self.args
+        a = self.afrl_args
         return sft_coef_at(
-            self.state.global_step, self.state.max_steps, a.sft_coef, float(a.sft_coef_final), a.sft_coef_schedule
+            self.state.global_step, self.state.max_steps, a.sft_coef, float(a.sft_coef_final or 0), a.sft_coef_schedule
         )
 
     def _uses_sft(self) -> bool:
-        return self.args.sft_coef > 0 or float(self.args.sft_coef_final) > 0
+        return self.afrl_args.sft_coef > 0 or float(self.afrl_args.sft_coef_final or 0) > 0
 
     # ------------------------------------------------------------------------------------------- rollouts
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         out = super()._generate_and_score_completions(inputs)
-        mode = "train" if self.model.training else "eval"
-        num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+        mode = self._mode()
+        num_generations: Any = self.num_generations if mode == "train" else self.num_generations_eval
         ids, mask = out["completion_ids"], out["completion_mask"]
         rows = [ids[i][: int(mask[i].sum())].tolist() for i in range(ids.shape[0])]
-        texts = self.processing_class.batch_decode(rows, skip_special_tokens=True)
+        texts = self.tokenizer_.batch_decode(rows, skip_special_tokens=True)
         golds = [Gold(int(x["grade"]), x["document"], x["rule"] or None) for x in inputs]
         rewards, _ = step_reward_matrix(texts, golds, self.scale, self.weights)
         steps = [torch.tensor(token_steps(r, self._newlines) or [0]) for r in rows]
@@ -148,7 +156,7 @@ class AfrlGRPOTrainer(GRPOTrainer):  # type: ignore[misc]
         if step_ids.shape[1] < ids.shape[1]:
             step_ids = torch.nn.functional.pad(step_ids, (0, ids.shape[1] - step_ids.shape[1]))
         step_ids = step_ids.to(ids.device)
-        if self.args.advantage_mode == "stepwise":
+        if self.afrl_args.advantage_mode == "stepwise":
             # Groups may straddle processes (TRL distributes them): normalise over the gathered batch, keep ours.
             all_rewards = self.accelerator.gather(rewards.to(ids.device))
             step_adv = group_step_advantages(all_rewards, num_generations, scale=self.scale_rewards != "none")
@@ -209,7 +217,7 @@ class AfrlGRPOTrainer(GRPOTrainer):  # type: ignore[misc]
 
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
         loss = super()._compute_loss(model, inputs)
-        mode = "train" if self.model.training else "eval"
+        mode = self._mode()
         mu = self.current_sft_coef()
         self._metrics[mode]["mu"].append(mu)
         if mu > 0 and "sft_input_ids" in inputs:

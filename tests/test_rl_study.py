@@ -1,0 +1,97 @@
+"""The mode-balance study: summary statistics, the computed verdict, the table, best-teacher selection, and the
+whole command end to end on a tiny model (one seed, every arm, one RL step)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from afrl.contract import GradeScale, PromptBuilder
+from afrl.manifest import Manifest
+from afrl.testing import save_tiny_model, tiny_tokenizer
+from training.study import AfrlStudyConfig, grade_entropy, render_results, run_study, select_best_teacher, summarise
+
+
+def run(arm: str, seed: int, tail: float, ndcg: float | None = None, dataset: str = "rules") -> dict:
+    return {
+        "dataset": dataset,
+        "arm": arm,
+        "seed": seed,
+        "spec": None,
+        "tail_rule_accuracy": tail,
+        "macro_f1": 0.5,
+        "per_grade_recall": {"0": 1.0, "1": 0.0},
+        "ndcg@10": ndcg,
+        "model_dir": f"/m/{arm}{seed}",
+    }
+
+
+def test_summary_has_mean_and_std_over_seeds_and_a_plain_verdict(tmp_path):
+    config = AfrlStudyConfig(results_md=str(tmp_path / "R.md"), notes_md=None)
+    runs = [run("grpo", s, t) for s, t in ((0, 0.2), (1, 0.4))] + [run("stepwise_sft", s, 0.3) for s in (0, 1)]
+    summary = summarise(runs, config)
+    grpo = next(e for e in summary["entries"] if e["arm"] == "grpo")
+    assert grpo["tail_rule_accuracy"]["mean"] == pytest.approx(0.3)
+    assert grpo["tail_rule_accuracy"]["std"] == pytest.approx(math.sqrt(0.02))
+    assert "ndcg@10" not in grpo  # not defined on the rule world: left out, not zero
+    assert summary["verdict"] and "does NOT beat" in summary["verdict"][0]
+    table = render_results(summary, config)
+    assert "| rules | grpo | 0.300 ± 0.141 |" in table
+
+
+def test_grade_entropy():
+    assert grade_entropy({"0": 5, "1": 0}) == 0.0
+    assert grade_entropy({"0": 1, "1": 1, "2": 1, "3": 1}) == pytest.approx(math.log(4))
+
+
+def _model_folder(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "weights.bin").write_text("w")
+    builder = PromptBuilder(tiny_tokenizer())
+    Manifest.for_builder(builder, GradeScale(), kind="rl", base_model="tiny").write(path)
+    return path
+
+
+def test_best_teacher_is_the_best_dev_ndcg_with_its_manifest(tmp_path):
+    a, b = _model_folder(tmp_path / "a"), _model_folder(tmp_path / "b")
+    (a / "eval.json").write_text(json.dumps({"ndcg@10": 0.41}))
+    (b / "eval.json").write_text(json.dumps({"ndcg@10": 0.47}))
+    record = select_best_teacher([a, b, tmp_path / "missing"], tmp_path / "best")
+    assert record is not None and record["selected"] == str(b)
+    assert (tmp_path / "best" / "afrl.json").is_file()
+    assert json.loads((tmp_path / "best" / "teacher.json").read_text())["ndcg@10"] == 0.47
+
+
+def test_study_command_end_to_end_on_a_tiny_model(tmp_path):
+    model = save_tiny_model(tmp_path / "tiny")
+    config = AfrlStudyConfig(
+        output_dir=str(tmp_path / "study"),
+        seeds=[0],
+        rules_model=str(model),
+        rules_train=16,
+        rules_dev=24,
+        max_query_tokens=16,
+        max_document_tokens=32,
+        sft_max_steps=1,
+        sft_batch_size=4,
+        rl_max_steps=1,
+        rl_prompts_per_step=1,
+        num_generations=2,
+        max_completion_length=8,
+        explain_sample=1,
+        explain_tokens=8,
+        results_json=str(tmp_path / "mode_balance.json"),
+        results_md=str(tmp_path / "RESULTS.md"),
+        notes_md=None,
+    )
+    run_study(config)
+    summary = json.loads((tmp_path / "mode_balance.json").read_text())
+    arms = [e["arm"] for e in summary["entries"]]
+    assert arms == ["sft", "grpo", "stepwise", "stepwise_sft"]
+    for e in summary["entries"]:
+        assert {"tail_rule_accuracy", "head_rule_accuracy", "macro_f1", "grade_entropy"} <= set(e)
+    assert (tmp_path / "study" / "rules" / "seed0" / "grpo" / "afrl.json").is_file()
+    assert "| rules | stepwise_sft |" in (tmp_path / "RESULTS.md").read_text()
