@@ -36,7 +36,7 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,10 @@ class AfrlDistillConfig(AfrlSFTConfig):
     )
     explanation_max_tokens: int = field(default=64, metadata={"help": "max tokens of a teacher explanation"})
     teacher_batch_size: int = field(default=8, metadata={"help": "pairs per teacher forward / generate batch"})
+    teacher_dtype: str = field(
+        default="auto", metadata={"help": "teacher weights: auto (bf16 on a GPU that has it, else fp32), float32, ..."}
+    )
+    cache_only: bool = field(default=False, metadata={"help": "write the teacher cache and stop (a separate job)"})
     report_records: int = field(default=0, metadata={"help": "dev pairs for the teacher-vs-student report (0: none)"})
     report_trec_queries: int = field(default=0, metadata={"help": "dev TREC queries reranked for nDCG@10 (0: none)"})
 
@@ -87,6 +91,8 @@ class AfrlDistillConfig(AfrlSFTConfig):
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.teacher_dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"teacher_dtype {self.teacher_dtype!r}: use auto, float32, bfloat16 or float16")
         if self.explanation_max_tokens < 1:
             raise ValueError("explanation_max_tokens must be >= 1")
         super().__post_init__()
@@ -133,26 +139,36 @@ def teacher_explanations(
     eos = int(tok.eos_token_id)
     seqs = [[*p.input_ids, scorer.grade_ids[g]] for p, g in zip(prompts, grades, strict=True)]
     ids, mask = pad_batch(seqs, scorer.pad_id, side="left")  # left: new tokens follow every row's last token
+    device = next(scorer.model.parameters()).device
     out = scorer.model.generate(
-        input_ids=ids,
-        attention_mask=mask,
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
         max_new_tokens=max_new_tokens,
         do_sample=False,
         pad_token_id=scorer.pad_id,
         eos_token_id=eos,
     )
     results = []
-    for row in out[:, ids.shape[1] :].tolist():
+    for row in out[:, ids.shape[1] :].cpu().tolist():
         finished = eos in row
         results.append((row[: row.index(eos)] if finished else row, finished))
     return results
 
 
 def teacher_cache(
-    scorer: TorchScorer, records: Sequence[Record], config: AfrlDistillConfig, teacher_hash: str
+    records: Sequence[Record],
+    config: AfrlDistillConfig,
+    builder: PromptBuilder,
+    teacher_hash: str,
+    load_teacher: Callable[[], TorchScorer],
 ) -> dict[str, dict[str, Any]]:
-    """Teacher grade logits and explanations per record id, computed once and appended to a JSONL cache."""
-    key = cache_key(teacher_hash, scorer.builder, config)
+    """Teacher grade logits and explanations per record id, computed once and appended to a JSONL cache.
+
+    One JSON line per record: `{"id", "grade_logits": [K+1 floats], "grade", "explanation_ids", "explanation",
+    "finished"}`. The teacher is loaded only when some record is missing. Log-probabilities of the grade tokens
+    (from vLLM, say) are valid `grade_logits` too: the KL only sees their softmax.
+    """
+    key = cache_key(teacher_hash, builder, config)
     # Beside the output folder, not in it: the cache must not be hashed into (and shipped with) the student.
     folder = (
         Path(config.cache_dir) if config.cache_dir else Path(str(config.output_dir)).resolve().parent / "teacher_cache"
@@ -167,11 +183,14 @@ def teacher_cache(
                 cache[entry["id"]] = entry
     todo = [r for r in dict((r.id, r) for r in records).values() if r.id not in cache]
     log.info("teacher cache %s: %d cached, %d to compute", path, len(cache), len(todo))
+    if not todo:
+        return cache
+    scorer = load_teacher()
     step = config.teacher_batch_size
     with path.open("a", encoding="utf-8") as f:
         for start in range(0, len(todo), step):
             batch = todo[start : start + step]
-            prompts = scorer.builder.build_many([(r.query, r.document) for r in batch])
+            prompts = builder.build_many([(r.query, r.document) for r in batch])
             logits = scorer.logits_for_prompts(prompts)
             grades = logits.argmax(-1).tolist()
             if config.explanations:
@@ -362,12 +381,14 @@ def reproduce_command() -> str:
 def train_distill(config: AfrlDistillConfig) -> Path:
     """Cache the teacher, train the student, save it with its manifest (and the dev report when asked)."""
     from datasets import Dataset
+    from transformers import AutoTokenizer
     from transformers.trainer_utils import get_last_checkpoint
 
     from afrl.models import load_model, resolve
     from training.sources import load_sources, subset
 
-    teacher_model, tokenizer, teacher_path = load_model(config.teacher)
+    teacher_path = resolve(config.teacher)
+    tokenizer = AutoTokenizer.from_pretrained(_tokenizer_folder(teacher_path))
     scale = GradeScale()
     builder = PromptBuilder(
         tokenizer,
@@ -375,21 +396,30 @@ def train_distill(config: AfrlDistillConfig) -> Path:
         max_query_tokens=config.max_query_tokens,
         max_document_tokens=config.max_document_tokens,
     )
-    teacher = TorchScorer(teacher_model, tokenizer, builder, scale, batch_size=config.teacher_batch_size)
+    grade_ids = scale.token_ids(tokenizer)
+    teachers: list[TorchScorer] = []
+
+    def load_teacher() -> TorchScorer:  # only when the cache misses, or for the dev report
+        if not teachers:
+            dtype = _teacher_dtype(config.teacher_dtype)
+            model, _, _ = load_model(config.teacher, dtype=dtype)
+            model.to("cuda" if torch.cuda.is_available() else "cpu")
+            teachers.append(TorchScorer(model, tokenizer, builder, scale, batch_size=config.teacher_batch_size))
+        return teachers[0]
+
     teacher_hash = model_fingerprint(teacher_path)
     records = subset(load_sources(config.data, config.dev_fraction, config.split_seed), config.max_train_records)
-    cache = teacher_cache(teacher, records, config, teacher_hash)
+    cache = teacher_cache(records, config, builder, teacher_hash, load_teacher)
+    if config.cache_only:
+        log.info("cache_only: the teacher cache is complete for %d records", len(records))
+        return Path(str(config.output_dir))
 
     if config.student_model:
-        from transformers import AutoTokenizer
-
         student_tok = AutoTokenizer.from_pretrained(_tokenizer_folder(resolve(config.student_model)))
         if student_tok.get_vocab() != tokenizer.get_vocab():
             raise ValueError(f"student_model {config.student_model} does not share the teacher's tokenizer")
-    grade_ids = teacher.grade_ids
     keep_teacher = bool(config.report_records or config.report_trec_queries)
-    if not keep_teacher:
-        del teacher, teacher_model  # free the teacher before the student trains
+    teachers.clear()  # free the teacher before the student trains
     student = build_student(config)
     student.model.train()
     if config.gradient_checkpointing and student.base_model is not None:
@@ -444,7 +474,7 @@ def train_distill(config: AfrlDistillConfig) -> Path:
     manifest.write(out)
     manifest.parity["reload_max_abs_diff"] = reload_check(model, out, records[:8], builder)
     if keep_teacher:
-        manifest.extra["dev_report"] = dev_report(teacher, out, config)
+        manifest.extra["dev_report"] = dev_report(load_teacher(), out, config)
         (out / "distill_report.json").write_text(json.dumps(manifest.extra["dev_report"], indent=2) + "\n")
     manifest.write(out)
     log.info("wrote %s", out)
@@ -452,9 +482,20 @@ def train_distill(config: AfrlDistillConfig) -> Path:
 
 
 def _tokenizer_folder(path: Path) -> Path:
+    """Where a model's tokenizer lives: the folder itself, or for an adapter without one, its base."""
+    from afrl.models import resolve
+
     if (path / "tokenizer_config.json").is_file():
         return path
-    return Path(str(Manifest.read(path).base_model))
+    return resolve(Manifest.read(path).base_model)
+
+
+def _teacher_dtype(name: str) -> Any:
+    if name == "auto":
+        from afrl.hardware import bf16_is_fast
+
+        return torch.bfloat16 if torch.cuda.is_available() and bf16_is_fast() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 def reload_check(model: Any, out: Path, records: Sequence[Record], builder: PromptBuilder) -> float:
