@@ -80,6 +80,8 @@ def test_layer_subset_of_an_adapter_teacher_starts_as_the_cut_teacher(tmp_path):
     config = make_config(tmp_path, teacher_dir, "--student_layers", "0", "3")
     student = build_student(config)
     assert student.num_layers == [0, 3] and student.base_model is not None
+    # the config's rank 8 is above the teacher's 4: the teacher's factors are padded, not replaced
+    assert student.model.peft_config["default"].r == 8
     merged_teacher, tok, _ = load_model(str(teacher_dir))
     reference = keep_layers(merged_teacher, [0, 3])
     ids, mask = pad_batch([tok.encode("running shoes for men size 42"), tok.encode("Berlin")], tok.pad_token_id)

@@ -239,7 +239,7 @@ def _remap_adapter(state: dict[str, torch.Tensor], layers: Sequence[int]) -> dic
 
 def build_student(config: AfrlDistillConfig) -> Student:
     """The student to train: teacher (or student_model) layers, LoRA or full, ready to save and reload exactly."""
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from peft import LoraConfig, get_peft_model
     from safetensors.torch import load_file
 
     from afrl.layers import keep_layers
@@ -273,18 +273,30 @@ def build_student(config: AfrlDistillConfig) -> Student:
     carried = _remap_adapter(src_state, layers)
     carried_layers = sorted({int(re.search(r"\.layers\.(\d+)\.", k).group(1)) for k in carried})  # type: ignore[union-attr]
     lora_layers = sorted(set(config.lora_layers or range(len(layers))) | set(carried_layers))
+    # A student rank above the teacher's pads the teacher's factors (A: fresh rows, B: zero columns), with alpha
+    # scaled so that alpha / r, and so B @ A * alpha / r, is unchanged: the start is still exactly the teacher's.
+    teacher_r = int(src_cfg["r"])
+    rank = max(config.lora_r, teacher_r)
     lora = LoraConfig(
-        r=int(src_cfg["r"]),
-        lora_alpha=src_cfg["lora_alpha"],
+        r=rank,
+        lora_alpha=src_cfg["lora_alpha"] * rank / teacher_r,
         lora_dropout=config.lora_dropout,
         target_modules=sorted(src_cfg["target_modules"]),
         layers_to_transform=lora_layers,
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(base, lora)
-    result: Any = set_peft_model_state_dict(model, carried)
-    if result.unexpected_keys:
-        raise ValueError(f"teacher adapter weights did not fit the student: {result.unexpected_keys[:3]}")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in carried.items():
+            target = params.get(name.replace(".weight", ".default.weight"))
+            if target is None:
+                raise ValueError(f"teacher adapter weight {name} has no place in the student")
+            if ".lora_A." in name:
+                target[: tensor.shape[0]] = tensor
+            else:
+                target.zero_()
+                target[:, : tensor.shape[1]] = tensor
     log.info("student: %d of %d base layers, %d teacher adapter tensors carried over", len(layers), n, len(carried))
     return Student(model, manifest.base_model, layers)
 
