@@ -107,12 +107,22 @@ def student_teacher_kl(model, scorer, records, cache_dir: Path) -> float:
     return grade_kl(s_logits, t_logits, 1.0).item()
 
 
-def test_distill_moves_the_student_to_the_teacher_and_reloads_exactly(tmp_path, monkeypatch):
+@pytest.fixture
+def optional_trec_dir(request):
+    """The TREC DL folder when present (the nDCG part of the report needs it), else None: the rest still runs."""
+    try:
+        return request.getfixturevalue("trec_dir")
+    except pytest.skip.Exception:
+        return None
+
+
+def test_distill_moves_the_student_to_the_teacher_and_reloads_exactly(tmp_path, monkeypatch, optional_trec_dir):
     from afrl.models import resolve
     from afrl.scorer import load_scorer
     from training import distill
     from training.sources import load_sources
 
+    trec_dir = optional_trec_dir
     _, teacher_dir = save_adapter_teacher(tmp_path)
     cache = tmp_path / "cache"
     config = make_config(tmp_path, teacher_dir, "--cache_dir", str(cache))
@@ -135,6 +145,17 @@ def test_distill_moves_the_student_to_the_teacher_and_reloads_exactly(tmp_path, 
     assert manifest.provenance["command"]
     assert not any("teacher-" in name for name in manifest.files)
     assert load_scorer(str(out)).model.config.num_hidden_layers == 2
+
+    # The teacher-vs-student dev report: agreement, macro-F1 of both, speed ratio; nDCG@10 on TREC dev queries.
+    report_config = make_config(tmp_path, teacher_dir, "--dev_data", "rules:24:5", "--report_records", "16")
+    if trec_dir is not None:
+        report_config.dev_data.append(f"trec:{trec_dir / 'dl20'}:dev")
+        report_config.report_trec_queries = 1
+    report = distill.dev_report(teacher, out, report_config)
+    assert report["records"] == 16 and 0.0 <= report["grade_agreement"] <= 1.0 and report["speed_ratio"] > 0
+    assert set(report["teacher"]) >= {"accuracy", "macro_f1"} and set(report["student"]) >= {"accuracy", "macro_f1"}
+    if trec_dir is not None:
+        assert len(report["trec_queries"]) == 1 and 0.0 <= report["student_ndcg@10"] <= 1.0
 
     # A rerun with the same teacher and settings never asks the teacher for an explanation again.
     monkeypatch.setattr(distill, "teacher_explanations", lambda *a, **k: pytest.fail("teacher called again"))
