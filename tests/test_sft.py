@@ -1,0 +1,93 @@
+"""SFT end to end on a tiny model: it learns, writes a verifiable manifest, loads back, and resumes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from afrl.contract import GradeScale, PromptBuilder
+from afrl.manifest import load_verified
+from afrl.models import load_model
+from afrl.scorer import load_scorer, pad_batch
+from afrl.testing import save_tiny_model
+from training.config import AfrlSFTConfig, parse_config
+from training.losses import completion_nll
+from training.rule_world import generate_records
+from training.sft import read_instruction, train_sft
+from training.targets import build_example
+
+TINY_YAML = "training/configs/sft_tiny.yaml"
+
+
+def sft_config(model: Path, out: Path, *extra: str) -> AfrlSFTConfig:
+    argv = ["--config", TINY_YAML, "--model", str(model), "--output_dir", str(out), "--data", "rules:32:0", *extra]
+    return parse_config(AfrlSFTConfig, argv)
+
+
+def fixed_batch(tokenizer, config: AfrlSFTConfig) -> dict[str, torch.Tensor]:
+    """Four training records as one padded batch with labels on the completion only."""
+    scale = GradeScale()
+    builder = PromptBuilder(
+        tokenizer,
+        instruction=read_instruction(config.instruction_file),
+        max_query_tokens=config.max_query_tokens,
+        max_document_tokens=config.max_document_tokens,
+    )
+    rows = [build_example(r, builder, scale, scale.token_ids(tokenizer)) for r in generate_records(32, 0)[:4]]
+    ids, mask = pad_batch([r["input_ids"] for r in rows], tokenizer.pad_token_id)
+    cmask, _ = pad_batch([r["completion_mask"] for r in rows], 0)
+    labels = ids.masked_fill(cmask == 0, -100)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def batch_loss(model, batch) -> float:
+    with torch.no_grad():
+        loss, _ = completion_nll(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    return float(loss)
+
+
+@pytest.fixture
+def tiny_dir(tmp_path):
+    return save_tiny_model(tmp_path / "tiny")
+
+
+def test_sft_learns_and_writes_a_loadable_model(tiny_dir, tmp_path):
+    out = tmp_path / "sft"
+    config = sft_config(tiny_dir, out)
+    before_model, tok, _ = load_model(str(tiny_dir))
+    batch = fixed_batch(tok, config)
+    before = batch_loss(before_model, batch)
+
+    assert train_sft(config) == out
+    after_model, _, _ = load_model(str(out))
+    changed = [
+        name
+        for (name, p0), (_, p1) in zip(before_model.named_parameters(), after_model.named_parameters(), strict=True)
+        if not torch.equal(p0, p1)
+    ]
+    assert changed, "no parameter changed"
+    after = batch_loss(after_model, batch)
+    assert after < before, (before, after)
+
+    manifest = load_verified(out)
+    assert manifest.kind == "sft" and manifest.provenance["data"] == ["rules:32:0"]
+    scorer = load_scorer(str(out))
+    result = scorer.score([("running shoes", "Trailmax running shoes. Price: $80.")])[0]
+    assert 0 <= result.grade <= 3 and sum(result.probabilities) == pytest.approx(1.0)
+
+
+def test_sft_resumes_from_its_checkpoint(tiny_dir, tmp_path, caplog):
+    out = tmp_path / "sft"
+    train_sft(sft_config(tiny_dir, out, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2"))
+    assert (out / "checkpoint-2").is_dir()
+    caplog.set_level(logging.INFO, logger="training.sft")
+    train_sft(sft_config(tiny_dir, out, "--max_steps", "3", "--save_strategy", "steps", "--save_steps", "1"))
+    assert any("resuming from" in m and m.endswith("checkpoint-2") for m in caplog.messages)
+    state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    assert not (out / "checkpoint-1").exists()  # steps 1-2 were not trained again
+    load_verified(out)

@@ -1,0 +1,109 @@
+"""`afrl eval`: evaluate a model on a TREC folder (rerank + judged pool) or on JSONL / rule-world records.
+
+    afrl eval --model runs/sft_smollm2_trec --trec-dir ../shared/data/trec-dl/dl20 --split dev --out runs/eval_dl20
+    afrl eval --model runs/sft_rules_small --data rules:1000:1 --out runs/eval_rules
+    afrl eval --model default --jsonl pairs.jsonl --out runs/eval_jsonl
+
+`--split dev` (with `--dev-fraction 0.2 --split-seed 0`, the SFT defaults) selects exactly the queries that
+`trec:DIR:dev` held out in training. Writes OUT/metrics.json, OUT/report.md, OUT/run.trec (TREC mode) and
+OUT/explanations.jsonl (the greedy explanation sample).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SUMMARY_KEYS = (
+    "ndcg@10",
+    "bm25_ndcg@10",
+    "ndcg@10_judged",
+    "mrr@10",
+    "map",
+    "accuracy",
+    "macro_f1",
+    "ece",
+    "consistency",
+    "head_rule_accuracy",
+    "tail_rule_accuracy",
+)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a model: nDCG@10, MRR@10, MAP, accuracy, macro-F1, ECE, consistency, per-rule accuracy",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", default="default", help="`default`, `default-base`, a model folder or a cached hub id")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--trec-dir", help="TREC folder (queries.tsv, passages.tsv, qrels.txt, bm25_top100.run)")
+    data.add_argument("--jsonl", help="JSONL relevance records (judged pool grouped by qid)")
+    data.add_argument("--data", help="any training data spec, e.g. rules:1000:1 or trec:DIR:dev (judged pool)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--run", default=None, help="first-stage run to rerank (default: TREC folder's bm25_top100.run)")
+    p.add_argument("--qids-from", default=None, help="queries to evaluate: trec:DIR[:train|:dev] or a file of ids")
+    p.add_argument("--split", choices=["all", "train", "dev"], default="all", help="part of --trec-dir to evaluate")
+    p.add_argument("--dev-fraction", type=float, default=0.2, help="as in training (query-level split)")
+    p.add_argument("--split-seed", type=int, default=0, help="as in training")
+    p.add_argument("--max-queries", type=int, default=None, help="only the first N selected queries (smoke runs)")
+    p.add_argument("--max-records", type=int, default=None, help="a seeded subset of the records (JSONL / data)")
+    p.add_argument("--explain-sample", type=int, default=16, help="explanations to generate and check (0: none)")
+    p.add_argument("--explain-tokens", type=int, default=128, help="max new tokens per explanation")
+    p.add_argument("--instruction-file", default=None, help="override the model's instruction (system message)")
+    p.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: AFRL_THREADS or all cores)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from afrl.cli import set_threads
+    from afrl.scorer import load_scorer
+    from training.data import TrecCollection, read_jsonl
+    from training.evaluate import evaluate_records, evaluate_trec, qids_from_spec, split_qids, write_report
+    from training.sources import load_source, subset
+
+    set_threads(args.threads)
+    if args.qids_from and args.split != "all":
+        raise ValueError("give either --qids-from or --split, not both")
+    if args.trec_dir is None and (args.qids_from or args.split != "all" or args.run):
+        raise ValueError("--run, --qids-from and --split apply to --trec-dir only")
+    instruction = Path(args.instruction_file).read_text().strip() if args.instruction_file else None
+    scorer = load_scorer(args.model, batch_size=args.batch_size)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.trec_dir:
+        if args.qids_from:
+            qids = qids_from_spec(args.qids_from, args.dev_fraction, args.split_seed)
+        else:
+            qids = split_qids(TrecCollection.load(args.trec_dir), args.split, args.dev_fraction, args.split_seed)
+        if args.max_queries is not None:
+            qids = qids[: args.max_queries]
+        log.info("evaluating %d queries of %s", len(qids), args.trec_dir)
+        metrics = evaluate_trec(
+            scorer,
+            args.trec_dir,
+            qids=qids,
+            run_file=args.run,
+            explain_sample=args.explain_sample,
+            instruction=instruction,
+            run_out=out / "run.trec",
+            explain_tokens=args.explain_tokens,
+        )
+        metrics["data"] = f"{args.trec_dir} ({args.qids_from or args.split})"
+    else:
+        records = read_jsonl(args.jsonl) if args.jsonl else load_source(args.data, args.dev_fraction, args.split_seed)
+        records = subset(records, args.max_records)
+        metrics = evaluate_records(
+            scorer, records, args.explain_sample, instruction=instruction, explain_tokens=args.explain_tokens
+        )
+        metrics["data"] = args.jsonl or args.data
+    metrics["model"] = args.model
+    write_report(metrics, out)
+    log.info("wrote %s", out)
+    return {k: metrics[k] for k in SUMMARY_KEYS if k in metrics} | {"out": str(out)}
