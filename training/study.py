@@ -40,6 +40,7 @@ DEFAULT_ARMS: dict[str, dict[str, Any] | None] = {
     "stepwise": {"advantage_mode": "stepwise", "sft_coef": 0.0},
     "stepwise_sft": {"advantage_mode": "stepwise", "sft_coef": 0.5},
 }
+STEP_KEYS = ("grade", "intent", "evidence", "reasoning", "verdict")
 SUMMARY_METRICS = (
     "tail_rule_accuracy",
     "head_rule_accuracy",
@@ -81,6 +82,9 @@ class AfrlStudyConfig:
     rules_model: str = field(default="default-base", metadata={"help": "base model of the rule-world SFT"})
     rules_keep_layers: list[int] | None = field(default=None, metadata={"help": "layer subset (a small model)"})
     rules_instruction_file: str | None = field(default=None, metadata={"help": "guideline (default: contract's)"})
+    rules_sft_model: str | None = field(
+        default=None, metadata={"help": "reuse this SFT model folder (trained on the first seed's data) instead of SFT"}
+    )
     rules_train: int = field(default=512, metadata={"help": "rule-world training records per seed"})
     rules_dev: int = field(default=512, metadata={"help": "rule-world dev records per seed (other seed)"})
     max_query_tokens: int = field(default=32, metadata={"help": "query token budget"})
@@ -228,6 +232,36 @@ def evaluate_model(config: AfrlStudyConfig, model_dir: Path, dataset: str, dev: 
     return m
 
 
+RL_SIGNALS = (
+    "reward",
+    "frac_reward_zero_std",
+    "step_reward/grade",
+    "step_reward/intent",
+    "step_reward/evidence",
+    "step_reward/reasoning",
+    "step_reward/verdict",
+    "grades/invalid",
+    "grades/entropy",
+    "sft_loss",
+    "kl",
+    "completions/clipped_ratio",
+)
+
+
+def rl_signals(train_log: Path) -> dict[str, float]:
+    """Means over the RL steps of what explains an arm's outcome: how much reward signal there was (a group whose
+    completions all score the same has zero advantage), malformed or truncated completions, the SFT loss, KL."""
+    if not train_log.is_file():
+        return {}
+    steps = [e for e in json.loads(train_log.read_text()) if "loss" in e]
+    out = {}
+    for key in RL_SIGNALS:
+        values = [float(e[key]) for e in steps if e.get(key) is not None]
+        if values:
+            out[key] = statistics.fmean(values)
+    return out
+
+
 def run_arm(
     config: AfrlStudyConfig, dataset: str, seed: int, arm: str, init: Path, train: list[Any], dev: list[Any] | None
 ) -> dict[str, Any]:
@@ -249,6 +283,7 @@ def run_arm(
     else:
         model_dir = train_rl(rl_config(config, init, run_dir, seed, spec, dataset == "trec"), train)
         metrics = evaluate_model(config, model_dir, dataset, dev)
+        metrics["rl_train"] = rl_signals(model_dir / "train_log.json")
     metrics |= {"arm": arm, "dataset": dataset, "seed": seed, "model_dir": str(model_dir), "spec": spec}
     run_dir.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(metrics, indent=1))
@@ -273,8 +308,11 @@ def run_study(config: AfrlStudyConfig) -> Path:
             torch.manual_seed(seed)
             data_seed = config.seeds[0] if config.shared_sft else seed
             train, dev = rules_records(config, data_seed)
-            sft_dir = Path(config.output_dir) / "rules" / f"seed{data_seed}" / "sft_model"
-            run_rules_sft(config, data_seed, sft_dir)
+            if config.rules_sft_model:
+                sft_dir = Path(config.rules_sft_model)
+            else:
+                sft_dir = Path(config.output_dir) / "rules" / f"seed{data_seed}" / "sft_model"
+                run_rules_sft(config, data_seed, sft_dir)
             for arm in config.arm_specs:
                 runs.append(run_arm(config, "rules", seed, arm, sft_dir, train, dev))
                 write_results(runs, config)  # partial results survive an interrupted study
@@ -341,6 +379,12 @@ def summarise(runs: list[dict[str, Any]], config: AfrlStudyConfig) -> dict[str, 
                 rules.setdefault(name, []).append(float(v))
         if rules:
             entry["per_rule_accuracy"] = {n: statistics.fmean(v) for n, v in sorted(rules.items())}
+        signals: dict[str, list[float]] = {}
+        for r in group:
+            for key, v in (r.get("rl_train") or {}).items():
+                signals.setdefault(key, []).append(float(v))
+        if signals:
+            entry["rl_train"] = {k: statistics.fmean(v) for k, v in signals.items()}
         entries.append(entry)
     budget = {k: v for k, v in asdict(config).items() if k not in ("results_json", "results_md", "notes_md")}
     return {"config": budget, "entries": entries, "verdict": verdicts(entries)}
@@ -420,6 +464,25 @@ def render_results(summary: dict[str, Any], config: AfrlStudyConfig) -> str:
             + " | ".join(f"{rec[str(g)]['mean']:.3f}" if str(g) in rec else "-" for g in range(4))
             + " |"
         )
+    trained = [e for e in summary["entries"] if e.get("rl_train")]
+    if trained:
+        cols = ["reward", "frac_reward_zero_std", "grades/invalid", "completions/clipped_ratio", "sft_loss", "kl"]
+        lines += [
+            "",
+            "RL training signals (means over steps and seeds; `frac_reward_zero_std` = share of groups whose "
+            "completions all got the same reward, hence zero advantage):",
+            "",
+            "| dataset | arm | " + " | ".join(cols) + " | step rewards (" + " / ".join(STEP_KEYS) + ") |",
+            "|---|---|" + "---|" * (len(cols) + 1),
+        ]
+        for e in trained:
+            t = e["rl_train"]
+            steps = " / ".join(f"{t[f'step_reward/{n}']:.2f}" for n in STEP_KEYS if f"step_reward/{n}" in t)
+            lines.append(
+                f"| {e['dataset']} | {e['arm']} | "
+                + " | ".join(f"{t[c]:.3f}" if c in t else "-" for c in cols)
+                + f" | {steps} |"
+            )
     if "trec" not in {e["dataset"] for e in summary["entries"]}:
         lines += ["", "TREC DL arms: not run by this invocation (see the notes below)."]
     lines += ["", "### Verdict (computed)", ""]
