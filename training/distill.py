@@ -185,6 +185,11 @@ def teacher_cache(
     log.info("teacher cache %s: %d cached, %d to compute", path, len(cache), len(todo))
     if not todo:
         return cache
+    if config.world_size > 1:  # every rank would load the teacher and append to the same file
+        raise RuntimeError(
+            f"the teacher cache misses {len(todo)} records; write it first in one process "
+            "(the same command with --cache_only true, without accelerate launch), then launch the student"
+        )
     scorer = load_teacher()
     step = config.teacher_batch_size
     with path.open("a", encoding="utf-8") as f:
@@ -438,11 +443,12 @@ def train_distill(config: AfrlDistillConfig) -> Path:
         # checkpointed blocks over a frozen base see no input that requires grad; LoRA would get no gradient
         student.model.enable_input_require_grads()
     rows = build_rows(records, cache, builder, grade_ids)
+    pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
     trainer = make_trainer_class()(
         model=student.model,
         args=config,
         train_dataset=Dataset.from_list(rows),
-        data_collator=make_collator(int(tokenizer.pad_token_id or tokenizer.eos_token_id)),
+        data_collator=make_collator(pad_id),
         processing_class=tokenizer,
         grade_ids=grade_ids,
         alpha=config.alpha,
@@ -454,7 +460,13 @@ def train_distill(config: AfrlDistillConfig) -> Path:
         log.info("resuming from %s", last)
     result = trainer.train(resume_from_checkpoint=last)
     model = trainer.model
-    model.save_pretrained(out)
+    distributed = config.world_size > 1
+    if distributed:  # gathers ZeRO-3 shards into one checkpoint (and writes the tokenizer and training args too)
+        trainer.save_model(str(out))
+        if not trainer.is_world_process_zero():
+            return out
+    else:
+        model.save_pretrained(out)
     (out / "trainer_log.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
     if student.base_model is None:
         tokenizer.save_pretrained(out)
@@ -484,7 +496,8 @@ def train_distill(config: AfrlDistillConfig) -> Path:
         extra=extra,
     )
     manifest.write(out)
-    manifest.parity["reload_max_abs_diff"] = reload_check(model, out, records[:8], builder)
+    if not distributed:  # the in-memory student is sharded across ranks otherwise
+        manifest.parity["reload_max_abs_diff"] = reload_check(model, out, records[:8], builder)
     if keep_teacher:
         manifest.extra["dev_report"] = dev_report(load_teacher(), out, config)
         (out / "distill_report.json").write_text(json.dumps(manifest.extra["dev_report"], indent=2) + "\n")
