@@ -18,7 +18,6 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "study": ("training.study", "AfrlStudyConfig", "run_study"),
     "distill": ("training.distill", "AfrlDistillConfig", "train_distill"),
     "evolve": ("training.evolve", "AfrlEvolveConfig", "run_evolve"),
-    "evolve": ("training.evolve", "AfrlEvolveConfig", "run_evolve"),
 }
 
 
