@@ -95,3 +95,23 @@ def test_study_command_end_to_end_on_a_tiny_model(tmp_path):
         assert {"tail_rule_accuracy", "head_rule_accuracy", "macro_f1", "grade_entropy"} <= set(e)
     assert (tmp_path / "study" / "rules" / "seed0" / "grpo" / "afrl.json").is_file()
     assert "| rules | stepwise_sft |" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_render_only_rewrites_results_from_finished_runs_without_training(tmp_path):
+    run_dir = tmp_path / "study" / "rules" / "seed0" / "grpo"
+    run_dir.mkdir(parents=True)
+    (run_dir / "eval.json").write_text(json.dumps(run("grpo", 0, 0.25)))
+    config = AfrlStudyConfig(
+        output_dir=str(tmp_path / "study"),
+        seeds=[0, 1],
+        rules_train=8,
+        rules_dev=8,
+        render_only=True,
+        results_json=str(tmp_path / "mb.json"),
+        results_md=str(tmp_path / "R.md"),
+        notes_md=None,
+    )
+    run_study(config)
+    summary = json.loads((tmp_path / "mb.json").read_text())
+    assert [(e["arm"], e["seeds"]) for e in summary["entries"]] == [("grpo", [0])]
+    assert not (tmp_path / "study" / "rules" / "seed0" / "sft_model").exists()

@@ -17,7 +17,8 @@ a finished run is skipped, so re-running the command resumes the study. The comm
 
     nice -n 15 afrl train study --config training/configs/study_rules.yaml       # the rule-world study (CPU)
     afrl train study --config training/configs/study_trec.yaml                    # TREC arms (needs the SFT run)
-    python -m training.study best-teacher runs/study/trec/seed0/* --out runs/best_teacher
+    python -m training.study best-teacher runs/sft_smollm2_trec:runs/eval_sft_dl20dev/metrics.json \\
+        runs/study_trec/trec/seed0/*  --out runs/best_teacher   # keep the best dev nDCG@10 for distillation
 """
 
 from __future__ import annotations
@@ -115,6 +116,9 @@ class AfrlStudyConfig:
     trec_rl_max_steps: int = field(default=10, metadata={"help": "RL steps per arm on TREC"})
     trec_lora_r: int = field(default=16, metadata={"help": "LoRA rank of the TREC RL arms (0: full)"})
     trec_lora_layers: list[int] | None = field(default=None, metadata={"help": "layers that get LoRA"})
+    render_only: bool = field(
+        default=False, metadata={"help": "train and evaluate nothing: rewrite the results from finished runs"}
+    )
     best_teacher_dir: str | None = field(default="runs/best_teacher", metadata={"help": "where the best teacher goes"})
 
     def __post_init__(self) -> None:
@@ -264,7 +268,8 @@ def rl_signals(train_log: Path) -> dict[str, float]:
 
 def run_arm(
     config: AfrlStudyConfig, dataset: str, seed: int, arm: str, init: Path, train: list[Any], dev: list[Any] | None
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
+    """Train (unless SFT only) and evaluate one arm; a finished run is read back, not redone."""
     from training.rl.trainer import train_rl
 
     run_dir = Path(config.output_dir) / dataset / f"seed{seed}" / arm
@@ -272,6 +277,9 @@ def run_arm(
     if done.is_file():
         log.info("%s done, skipping", run_dir)
         return dict(json.loads(done.read_text()))
+    if config.render_only:
+        log.warning("%s has not run: left out of the results", run_dir)
+        return None
     spec = config.arm_specs[arm]
     cache = init / "study_eval.json"  # the SFT model's own numbers, shared by every seed that starts from it
     if spec is None and cache.is_file():
@@ -312,23 +320,26 @@ def run_study(config: AfrlStudyConfig) -> Path:
                 sft_dir = Path(config.rules_sft_model)
             else:
                 sft_dir = Path(config.output_dir) / "rules" / f"seed{data_seed}" / "sft_model"
-                run_rules_sft(config, data_seed, sft_dir)
+                if not config.render_only:
+                    run_rules_sft(config, data_seed, sft_dir)
             for arm in config.arm_specs:
-                runs.append(run_arm(config, "rules", seed, arm, sft_dir, train, dev))
-                write_results(runs, config)  # partial results survive an interrupted study
+                if (result := run_arm(config, "rules", seed, arm, sft_dir, train, dev)) is not None:
+                    runs.append(result)
+                    write_results(runs, config)  # partial results survive an interrupted study
     if "trec" in config.datasets:
         from training.sources import load_sources, subset
 
         init = Path(config.trec_sft_model)
-        if not (init / "afrl.json").is_file():
+        if not (init / "afrl.json").is_file() and not config.render_only:
             raise FileNotFoundError(f"{init} has no afrl.json: run the Training I SFT first (or set trec_sft_model)")
         records = load_sources(config.trec_train, config.trec_dev_fraction, config.trec_split_seed)
         for seed in config.trec_seeds:
             train = subset(records, config.trec_train_records, seed)
             for arm in config.arm_specs:
-                runs.append(run_arm(config, "trec", seed, arm, init, train, None))
-                write_results(runs, config)
-        if config.best_teacher_dir:
+                if (result := run_arm(config, "trec", seed, arm, init, train, None)) is not None:
+                    runs.append(result)
+                    write_results(runs, config)
+        if config.best_teacher_dir and not config.render_only:
             trec_runs = [r for r in runs if r["dataset"] == "trec"]
             select_best_teacher([Path(r["model_dir"]) for r in trec_runs], Path(config.best_teacher_dir), trec_runs)
     return write_results(runs, config)
@@ -401,16 +412,14 @@ def verdicts(entries: list[dict[str, Any]]) -> list[str]:
             continue
         ma, mb = a[metric]["mean"], b[metric]["mean"]
         spread = max(a[metric]["std"], b[metric]["std"])
-        if ma > mb + spread:
-            word = "beats"
-        elif ma > mb:
-            word = "is ahead of, but within one std of,"
+        n = min(a[metric]["n"], b[metric]["n"])
+        if n < 2:
+            word = "is ahead of" if ma > mb else "does NOT beat"
+            caveat = "one seed: no spread, so this is not evidence either way"
         else:
-            word = "does NOT beat"
-        out.append(
-            f"{dataset}: stepwise_sft {word} plain GRPO on {metric} ({ma:.3f} vs {mb:.3f}, std up to {spread:.3f}, "
-            f"n = {a[metric]['n']} seeds)."
-        )
+            word = "beats" if ma > mb + spread else "is ahead of, within one std of," if ma > mb else "does NOT beat"
+            caveat = f"std up to {spread:.3f}, n = {n} seeds"
+        out.append(f"{dataset}: stepwise_sft {word} plain GRPO on {metric} ({ma:.3f} vs {mb:.3f}; {caveat}).")
     return out
 
 
@@ -542,11 +551,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     bt = sub.add_parser("best-teacher", help="keep the candidate model with the best dev nDCG@10")
-    bt.add_argument("candidates", nargs="+", help="model folders (with eval.json or metrics.json beside or inside)")
+    bt.add_argument(
+        "candidates",
+        nargs="+",
+        help="MODEL_DIR[:METRICS_JSON]: a model folder and the `afrl eval` metrics.json of its dev run (default: an "
+        "eval.json or metrics.json beside or inside the folder)",
+    )
     bt.add_argument("--out", default="runs/best_teacher")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    record = select_best_teacher([Path(c) for c in args.candidates], Path(args.out))
+    folders, known = [], []
+    for spec in args.candidates:
+        folder, _, metrics = spec.partition(":")
+        folders.append(Path(folder))
+        if metrics:
+            value = json.loads(Path(metrics).read_text()).get("ndcg@10")
+            known.append({"model_dir": folder, "ndcg@10": value, "metrics": metrics})
+    record = select_best_teacher(folders, Path(args.out), known)
     print(json.dumps(record, indent=1))
     return 0 if record else 1
 
