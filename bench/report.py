@@ -38,6 +38,10 @@ def fmt(x: Any, digits: int = 3) -> str:
     return str(x)
 
 
+def giga(x: float, unit: str) -> str:
+    return f"{x / 1e9:.3g} G{unit}"
+
+
 def table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(fmt(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
@@ -99,6 +103,11 @@ def answer_first_section(item: dict[str, Any]) -> str:
         f"asks for the explanation before the grade; `generate` writes {item['explanation_tokens']} tokens greedily "
         "(KV cache, every row writes all of them), then the grade is read from the next position's logits.\n\n"
         + table(["batch", "answer-first pairs/s", "reason-first pairs/s", "speed-up", "repeats (af / rf)"], rows)
+        + "\n\nHow to read it: at batch 1 every generated token is one more pass over all the weights (memory-bound), "
+        "so reason-first pays about one prompt pass plus that many small passes. At a full batch on a CPU, which is "
+        "compute-bound, a decode step costs about as much as `batch` prompt tokens, so the ratio tends towards "
+        "(prompt + explanation tokens) / prompt tokens plus the per-step overhead of `generate`: answer-first's "
+        "advantage is largest where decoding is latency-bound (small batches, GPUs)."
     )
 
 
@@ -140,15 +149,19 @@ def backends_section(item: dict[str, Any]) -> str:
 
 
 def roofline_section(item: dict[str, Any]) -> str:
-    shapes = ", ".join(f"{s}: {fmt(v)}FLOP/s" for s, v in item["by_shape_flops_per_s"].items())
+    shapes = ", ".join(f"{s}: {giga(v, 'FLOP/s')}" for s, v in item["by_shape_flops_per_s"].items())
     return table(
         ["", ""],
         [
             ["scorer", f"`{item['backend']}` ({item['runtime']}, {item['number_type']})"],
             ["non-embedding parameters", f"{item['non_embedding_parameters']:,}"],
-            ["FLOPs of the batch (dense + attention)", f"{fmt(item['dense_flops'])} + {fmt(item['attention_flops'])}"],
-            ["achieved", f"{fmt(item['achieved_flops_per_s'])}FLOP/s"],
-            ["measured peak (same runtime and number type)", f"{fmt(item['peak_flops_per_s'])}FLOP/s ({shapes})"],
+            [
+                "FLOPs of the batch (dense + attention)",
+                f"{giga(item['dense_flops'], 'FLOP')} + {giga(item['attention_flops'], 'FLOP')}",
+            ],
+            ["median time of the batch", f"{fmt(item['median_s'])} s"],
+            ["achieved", giga(item["achieved_flops_per_s"], "FLOP/s")],
+            ["measured peak (same runtime and number type)", f"{giga(item['peak_flops_per_s'], 'FLOP/s')} ({shapes})"],
             ["fraction", fmt(item["roofline_fraction"])],
         ],
     )
@@ -215,8 +228,10 @@ def qwen3_section(item: dict[str, Any]) -> str:
 def memory_section(item: dict[str, Any]) -> str:
     rows = [[m.replace("_", " "), e.get("peak_rss_mb")] for m, e in item["modes"].items()]
     return (
-        "VmHWM of the server process (/proc/PID/status) after the load runs: model, runtime, both scorers' and the "
-        "explanation decoder's weights, batches at the top concurrency.\n\n" + table(["server", "peak RSS MB"], rows)
+        f"VmHWM of the server process (/proc/PID/status) after the load runs of item 5 ({item['served_backend']} "
+        f"backend, scorer `{item.get('served_scorer')}`): the model, the runtime and everything a request touched, "
+        "at up to the top concurrency. The onnx backend also holds the explanation decoder.\n\n"
+        + table(["server", "peak RSS MB"], rows)
     )
 
 
@@ -231,13 +246,18 @@ SECTIONS = [
 ]
 
 
-def items_markdown(data: dict[str, Any], level: str = "##") -> list[str]:
+def items_markdown(data: dict[str, Any], level: str = "##", only_measured: bool = False) -> list[str]:
     out = []
     for key, title, render in SECTIONS:
         item = data.get("items", {}).get(key)
+        missing = item is None or item.get("skipped")
+        if missing and only_measured:
+            continue
         out.append(f"{level} {title}\n")
-        if item is None or item.get("skipped"):
-            out.append("Not measured in this run.\n")
+        if missing:
+            out.append(
+                "Not measured in this run" + (f": {item['reason']}" if item and "reason" in item else ".") + "\n"
+            )
         elif "error" in item:
             out.append(f"Failed: `{item['error']}`\n")
         else:
@@ -258,7 +278,8 @@ def gpu_section(gpu: dict[str, Any] | None) -> list[str]:
         return out
     out.append(f"Measured by `{gpu['command']}` on {gpu['created_utc']}.\n")
     out.append(machine_section(gpu) + "\n")
-    out += [s.replace("## ", "### GPU ") for s in items_markdown(gpu, "##") if "Not measured" not in s]
+    out.append(summary_section(gpu) + "\n")
+    out += items_markdown(gpu, "### GPU", only_measured=True)
     return out
 
 

@@ -95,30 +95,34 @@ async def _load(url: str, bodies: list[dict[str, Any]], concurrency: int, second
     import httpx
 
     latencies: list[float] = []
-    errors = 0
-    stop_at = time.perf_counter() + seconds
+    errors: dict[str, int] = {}
+    first_error: list[str] = []
+    min_per_worker = 2  # even on a starved machine every level measures something
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
 
         async def worker(offset: int) -> None:
-            nonlocal errors
             i = offset
-            while time.perf_counter() < stop_at:
+            while i < offset + min_per_worker * concurrency or time.perf_counter() < stop_at:
                 start = time.perf_counter()
                 r = await client.post("/score", json=bodies[i % len(bodies)])
                 if r.status_code == 200:
                     latencies.append(time.perf_counter() - start)
                 else:
-                    errors += 1
+                    errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
+                    first_error[:] = first_error or [r.text[:300]]
                 i += concurrency
 
         begin = time.perf_counter()
+        stop_at = begin + seconds
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
         elapsed = time.perf_counter() - begin
     return {
         "concurrency": concurrency,
         "requests": len(latencies),
-        "errors": errors,
+        "errors": sum(errors.values()),
+        "error_statuses": errors,
+        "first_error": first_error[0] if first_error else None,
         "seconds": round(elapsed, 3),
         "throughput_rps": round(len(latencies) / elapsed, 3),
         "p50_ms": round(percentile(latencies, 50) * 1000, 2),
