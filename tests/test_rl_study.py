@@ -39,7 +39,7 @@ def test_summary_has_mean_and_std_over_seeds_and_a_plain_verdict(tmp_path):
     assert "ndcg@10" not in grpo  # not defined on the rule world: left out, not zero
     assert summary["verdict"] and "does NOT beat" in summary["verdict"][0]
     table = render_results(summary, config)
-    assert "| rules | grpo | 0.300 ± 0.141 |" in table
+    assert "| rules | grpo | 0, 1 | 0.300 ± 0.141 |" in table
 
 
 def test_grade_entropy():

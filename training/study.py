@@ -452,13 +452,14 @@ def render_results(summary: dict[str, Any], config: AfrlStudyConfig) -> str:
         f"KL {c['kl_coef']}, mu schedule {c['sft_coef_schedule']}. TREC: {c['trec_rl_max_steps']} RL steps from "
         f"`{c['trec_sft_model']}`, seeds {c['trec_seeds']}. Mean ± std over seeds.",
         "",
-        "| dataset | arm | tail-rule acc | head-rule acc | macro-F1 | accuracy | nDCG@10 | nDCG@10 (judged) "
-        "| grade entropy | expl. consistency |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| dataset | arm | seeds run | tail-rule acc | head-rule acc | macro-F1 | accuracy | nDCG@10 "
+        "| nDCG@10 (judged) | grade entropy | expl. consistency |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in summary["entries"]:
         cells = [_cell(e, m) for m in SUMMARY_METRICS]
-        lines.append(f"| {e['dataset']} | {e['arm']} | " + " | ".join(cells) + " |")
+        seeds = ", ".join(str(s) for s in e["seeds"])
+        lines.append(f"| {e['dataset']} | {e['arm']} | {seeds} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Per-grade recall (mean over seeds):",
