@@ -15,23 +15,15 @@ from typing import Any
 import torch
 
 from afrl.contract import GradeResult, GradeScale, Prompt, PromptBuilder, result_from_logits
+from afrl.padding import pad_rows
 
 
 def pad_batch(
     sequences: Sequence[Sequence[int]], pad_id: int, side: str = "right"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad token id lists into (input_ids, attention_mask) tensors."""
-    if side not in ("left", "right"):
-        raise ValueError(f"padding side must be 'left' or 'right', got {side!r}")
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        n = len(seq)
-        sl = slice(width - n, width) if side == "left" else slice(0, n)
-        ids[i, sl] = torch.tensor(list(seq), dtype=torch.long)
-        mask[i, sl] = 1
-    return ids, mask
+    """Pad token id lists into (input_ids, attention_mask) tensors (`afrl.padding.pad_rows` as torch)."""
+    ids, mask = pad_rows(sequences, pad_id, side)
+    return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ import numpy as np
 
 from afrl.contract import GradeResult, GradeScale, PromptBuilder, result_from_logits
 from afrl.manifest import Manifest, ManifestError, load_verified
+from afrl.padding import pad_rows
 
 log = logging.getLogger(__name__)
 
@@ -34,20 +35,6 @@ def make_session(path: Path, providers: Sequence[Any] | None = None, threads: in
         options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
-
-
-def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> tuple[np.ndarray, np.ndarray]:
-    """Token id lists -> (input_ids, attention_mask) int64 arrays, padded on `side` (numpy twin of pad_batch)."""
-    if side not in ("left", "right"):
-        raise ValueError(f"padding side must be 'left' or 'right', got {side!r}")
-    width = max(len(r) for r in rows)
-    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(rows), width), dtype=np.int64)
-    for i, row in enumerate(rows):
-        sl = slice(width - len(row), width) if side == "left" else slice(0, len(row))
-        ids[i, sl] = row
-        mask[i, sl] = 1
-    return ids, mask
 
 
 def session_grade_logits(

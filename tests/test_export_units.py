@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
+from afrl.padding import pad_rows
 from export import parity
 from export.check_pairs import BUILTIN_PAIRS, load_check_pairs
 from export.providers import provider_list, provider_names
-from export.runtime import pad_rows
 
 
 def test_tensorrt_provider_settings():
