@@ -91,3 +91,23 @@ def test_sft_resumes_from_its_checkpoint(tiny_dir, tmp_path, caplog):
     assert state["global_step"] == 3
     assert not (out / "checkpoint-1").exists()  # steps 1-2 were not trained again
     load_verified(out)
+
+
+def test_grade_weight_weights_exactly_the_first_completion_token(tiny_qwen):
+    """The weighted loss equals (w * nll_grade + sum(other nll)) / (w + n_other), computed by hand."""
+    import torch.nn.functional as F
+
+    model, tok = tiny_qwen
+    ids = torch.tensor([tok.encode("running shoes for men size 42 Berlin")])
+    labels = ids.clone()
+    labels[0, :4] = -100  # prompt
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits[0, :-1].float()
+        nll = F.cross_entropy(logits, ids[0, 1:], reduction="none")[3:]  # positions predicting labels 4..
+        plain, _ = completion_nll(model, ids, mask, labels)
+        weighted, _ = completion_nll(model, ids, mask, labels, grade_weight=5.0)
+    assert plain.item() == pytest.approx(nll.mean().item(), rel=1e-4)
+    expected = (5.0 * nll[0] + nll[1:].sum()) / (5.0 + len(nll) - 1)
+    assert weighted.item() == pytest.approx(expected.item(), rel=1e-4)
+    assert weighted.item() != pytest.approx(plain.item(), rel=1e-3)

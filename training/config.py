@@ -48,6 +48,9 @@ class AfrlSFTConfig(SFTConfig, AfrlDataArgs):
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         metadata={"help": "modules that get LoRA adapters"},
     )
+    grade_loss_weight: float = field(
+        default=1.0, metadata={"help": "weight of the grade token in the SFT loss (the others weigh 1)"}
+    )
     lora_layers: list[int] | None = field(
         default=None, metadata={"help": "layers that get LoRA (default all); top layers only is much cheaper on CPU"}
     )
@@ -58,6 +61,8 @@ class AfrlSFTConfig(SFTConfig, AfrlDataArgs):
             raise ValueError("set `data` to at least one source (e.g. trec:../shared/data/trec-dl/dl21)")
         if self.lora_r < 0:
             raise ValueError("lora_r must be >= 0")
+        if self.grade_loss_weight <= 0:
+            raise ValueError("grade_loss_weight must be > 0")
         self.completion_only_loss = True
         if self.bf16 is None:  # TRL would turn bf16 on everywhere; on a CPU without AMX it is emulated and slow
             from afrl.hardware import bf16_is_fast

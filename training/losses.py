@@ -1,6 +1,10 @@
 """Losses shared by the training stages, each with its formula.
 
-`completion_nll`: L_SFT = - sum_{t in completion} log p(y_t | y_<t, prompt) / (number of completion tokens).
+`completion_nll`: L_SFT = sum_t w_t * (-log p(y_t | y_<t, prompt)) / sum_t w_t over the completion tokens, where
+w_t = `grade_weight` for the first completion token (the grade) and 1 for the others. With w = 1 it is the plain
+mean NLL. Why the weight: an AFRL completion is ~45 tokens and only the first one is what the scorer reads, so
+unweighted SFT spends ~2 % of its loss on the grade (the first SmolLM2 run learned the explanation format and
+collapsed to the majority grade, training/README.md).
 The LM head is applied only at completion positions: the prompt is most of every sequence and a 49k-row head
 over it is about a quarter of the forward cost on CPU, for logits the loss never reads.
 """
@@ -21,9 +25,13 @@ def causal_lm_parts(model: Any) -> tuple[Any, Any]:
 
 
 def completion_nll(
-    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    grade_weight: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean NLL over label positions != -100, token accuracy) with the head applied only where needed."""
+    """(weighted mean NLL over label positions != -100, token accuracy), the head applied only where needed."""
     decoder, head = causal_lm_parts(model)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
@@ -32,6 +40,13 @@ def completion_nll(
     keep = targets != -100
     logits = head(hidden[keep]).float()
     gold = targets[keep]
-    loss = F.cross_entropy(logits, gold)
+    nll = F.cross_entropy(logits, gold, reduction="none")
+    if grade_weight == 1.0:
+        loss = nll.mean()
+    else:
+        # the first kept position of each row is its grade token
+        first = keep & (keep.long().cumsum(-1) == 1)
+        weights = torch.where(first[keep], grade_weight, 1.0).to(nll.dtype)
+        loss = (weights * nll).sum() / weights.sum()
     accuracy = (logits.argmax(-1) == gold).float().mean().detach()
     return loss, accuracy

@@ -65,7 +65,13 @@ def make_trainer_class() -> Any:
 
     class AfrlSFTTrainer(SFTTrainer):  # type: ignore[misc]
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
-            loss, accuracy = completion_nll(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
+            loss, accuracy = completion_nll(
+                model,
+                inputs["input_ids"],
+                inputs["attention_mask"],
+                inputs["labels"],
+                grade_weight=self.args.grade_loss_weight,
+            )
             mode = "train" if model.training else "eval"
             self._metrics[mode]["mean_token_accuracy"].append(accuracy.item())
             return (loss, None) if return_outputs else loss
