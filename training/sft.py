@@ -70,7 +70,7 @@ def make_trainer_class() -> Any:
                 inputs["input_ids"],
                 inputs["attention_mask"],
                 inputs["labels"],
-                grade_weight=self.args.grade_loss_weight,
+                grade_weight=getattr(self.args, "grade_loss_weight", 1.0),
             )
             mode = "train" if model.training else "eval"
             self._metrics[mode]["mean_token_accuracy"].append(accuracy.item())
