@@ -22,7 +22,7 @@ STAGES: dict[str, tuple[str, str, str]] = {
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("train", help="train a model (sft, ...)", description=__doc__)
+    p = sub.add_parser("train", help="train a model (sft, rl, curriculum, study, distill, evolve)", description=__doc__)
     stages = p.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, (module, _, _) in STAGES.items():
         doc = (importlib.import_module(module).__doc__ or "").strip()
