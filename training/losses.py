@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from afrl.scorer import position_ids_from_mask
+
 
 def causal_lm_parts(model: Any) -> tuple[Any, Any]:
     """(decoder, lm_head) of a causal LM, through a PEFT wrapper if there is one."""
@@ -33,8 +35,12 @@ def completion_nll(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(weighted mean NLL over label positions != -100, token accuracy), the head applied only where needed."""
     decoder, head = causal_lm_parts(model)
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    hidden = decoder(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    )
     hidden = hidden.last_hidden_state[:, :-1]
     targets = labels[:, 1:]
     keep = targets != -100
