@@ -1,7 +1,7 @@
 """Every shipped YAML config in training/configs/ parses against its stage's config dataclass.
 
-Only the top level is checked (production/ holds accelerate launcher files, not stage configs). The config class
-of a file is found by its name prefix: a prefix that is a stage name in training/cli.py's STAGES
+The top level and production/ are checked (production/accelerate/ holds launcher files, not stage configs).
+The config class of a file is found by its name prefix: a prefix that is a stage name in training/cli.py's STAGES
 maps to that stage (`sft_*.yaml` -> `sft`, `distill_*.yaml` -> `distill`); other prefixes are listed in
 CONFIG_PREFIXES (a stage name, or "module:Class"). A YAML with no known prefix fails, so a config can never ship
 untested.

@@ -10,9 +10,10 @@ import torch
 
 from afrl.contract import GradeScale, PromptBuilder
 from afrl.manifest import Manifest, load_verified
+from afrl.shipping import ship_model
 from afrl.testing import build_tiny_model, save_tiny_model
 from training.config import parse_config
-from training.distill import AfrlDistillConfig, build_student, ship_model, train_distill
+from training.distill import AfrlDistillConfig, build_student, train_distill
 from training.distill_loss import grade_kl
 
 CONFIG = Path(__file__).resolve().parents[1] / "training" / "configs" / "distill_tiny.yaml"
@@ -185,9 +186,9 @@ def test_ship_refuses_oversized_models(tmp_path, monkeypatch):
     Manifest.for_builder(PromptBuilder(tok), GradeScale(), kind="sft", base_model="x").write(model_dir)
     monkeypatch.setattr(models, "SHIPPED_DIR", tmp_path / "shipped")
     (tmp_path / "shipped").mkdir()
-    from training import distill
+    from afrl import shipping
 
-    monkeypatch.setattr(distill, "MAX_SHIPPED_BYTES", 1000)
+    monkeypatch.setattr(shipping, "MAX_SHIPPED_BYTES", 1000)
     with pytest.raises(ValueError, match="at most 20 MB"):
         ship_model(model_dir, "too-big")
     assert not (tmp_path / "shipped" / "index.json").exists()

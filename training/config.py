@@ -34,6 +34,9 @@ class AfrlDataArgs:
     max_query_tokens: int = field(default=64, metadata={"help": "query token budget"})
     max_document_tokens: int = field(default=256, metadata={"help": "document token budget"})
     max_train_records: int | None = field(default=None, metadata={"help": "use a seeded subset (quick iterations)"})
+    balance_grades: bool = field(
+        default=False, metadata={"help": "sample the training records with an equal share per grade"}
+    )
     explanations: bool = field(default=True, metadata={"help": "train on grade + explanation (False: grade only)"})
 
 

@@ -119,8 +119,10 @@ class TrecCollection:
         missing = [n for n in needed if not (d / n).is_file()]
         if missing:
             raise FileNotFoundError(f"{d} is not a TREC folder: missing {', '.join(missing)}")
+        if run_file is not None and not Path(run_file).is_file():
+            raise FileNotFoundError(f"run file {run_file} does not exist (omit it to use {d}/bm25_top100.run)")
         run_path = Path(run_file) if run_file else d / "bm25_top100.run"
-        run = read_run(run_path) if run_path.is_file() else {}
+        run = read_run(run_path) if run_path.is_file() else {}  # the folder's own run is optional (judged pool only)
         return cls(
             d.name, read_queries(d / "queries.tsv"), read_passages(d / "passages.tsv"), read_qrels(d / "qrels.txt"), run
         )

@@ -21,19 +21,17 @@ distributions on-policy, which is not this method.
 
     afrl train distill --config training/configs/distill_smollm2_trec.yaml     # the embedded student (CPU)
     afrl train distill --config training/configs/distill_tiny.yaml --teacher DIR --output_dir /tmp/d   # seconds
-    python -m training.distill ship runs/distill_smollm2_trec --name distilled-smollm2   # into afrl/shipped/
+    afrl ship runs/distill_smollm2_trec --name distilled-smollm2   # into afrl/shipped/ (afrl/shipping.py)
 
 Re-running the same command reuses the teacher cache and resumes from the last checkpoint in `output_dir`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
 import shlex
-import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -51,8 +49,6 @@ from training.data import Record
 from training.distill_loss import distill_loss
 
 log = logging.getLogger(__name__)
-
-MAX_SHIPPED_BYTES = 20 * 1024 * 1024
 
 
 @dataclass
@@ -425,7 +421,11 @@ def train_distill(config: AfrlDistillConfig) -> Path:
         return teachers[0]
 
     teacher_hash = model_fingerprint(teacher_path)
-    records = subset(load_sources(config.data, config.dev_fraction, config.split_seed), config.max_train_records)
+    records = subset(
+        load_sources(config.data, config.dev_fraction, config.split_seed),
+        config.max_train_records,
+        balance_grades=config.balance_grades,
+    )
     cache = teacher_cache(records, config, builder, teacher_hash, load_teacher)
     if config.cache_only:
         log.info("cache_only: the teacher cache is complete for %d records", len(records))
@@ -589,66 +589,3 @@ def _metrics(result: dict[str, Any]) -> dict[str, Any]:
 
 def _jsonable(v: Any) -> bool:
     return v is None or isinstance(v, str | int | float | bool | list | dict)
-
-
-# ---------------------------------------------------------------------------------------------------- shipping
-
-
-def ship_model(model_dir: str | Path, name: str, shipped_dir: Path | None = None, order: int | None = None) -> Path:
-    """Copy a trained model's manifest files into `afrl/shipped/<name>/` and make it the newest `default`.
-
-    Only the files the manifest lists (plus `afrl.json`) are copied, so checkpoints and caches stay behind; the
-    copy must verify against its manifest and weigh at most 20 MB.
-    """
-    from afrl import models
-
-    src = Path(model_dir)
-    manifest = load_verified(src)
-    shipped = shipped_dir or models.SHIPPED_DIR
-    files = [*manifest.files, MANIFEST_NAME]
-    size = sum((src / f).stat().st_size for f in files)
-    if size > MAX_SHIPPED_BYTES:
-        raise ValueError(f"{src} weighs {size / 2**20:.1f} MB; a shipped model must be at most 20 MB (use LoRA)")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise ValueError(f"shipped model name {name!r}: use letters, digits, '.', '_' or '-'")
-    target = shipped / name
-    tmp = shipped / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    for f in files:
-        (tmp / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src / f, tmp / f)
-    load_verified(tmp)
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
-    index_path = shipped / "index.json"
-    entries = json.loads(index_path.read_text()) if index_path.is_file() else []
-    entries = [e for e in entries if e["path"] != name]
-    entries.append(
-        {"path": name, "order": order if order is not None else max((e["order"] for e in entries), default=0) + 1}
-    )
-    index_path.write_text(json.dumps(entries, indent=2) + "\n")
-    log.info("shipped %s (%.1f MB) as %s", src, size / 2**20, target)
-    return target
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.distill", description="ship a trained model")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("ship", help="copy a model folder into afrl/shipped/ and make it `--model default`")
-    p.add_argument("model_dir")
-    p.add_argument("--name", required=True)
-    p.add_argument("--order", type=int, default=None, help="index order (default: newest)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    try:
-        path = ship_model(args.model_dir, args.name, order=args.order)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -98,7 +98,11 @@ def train_sft(config: AfrlSFTConfig) -> Path:
         max_query_tokens=config.max_query_tokens,
         max_document_tokens=config.max_document_tokens,
     )
-    records = subset(load_sources(config.data, config.dev_fraction, config.split_seed), config.max_train_records)
+    records = subset(
+        load_sources(config.data, config.dev_fraction, config.split_seed),
+        config.max_train_records,
+        balance_grades=config.balance_grades,
+    )
     log.info("SFT on %d records, grades %s", len(records), dict(sorted(Counter(r.grade for r in records).items())))
     train_ds = build_dataset(records, builder, scale, config.explanations)
     eval_ds = None

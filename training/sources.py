@@ -39,7 +39,28 @@ def load_sources(specs: Sequence[str], dev_fraction: float = 0.2, split_seed: in
     return records
 
 
-def subset(records: list[Record], n: int | None, seed: int = 0) -> list[Record]:
-    if n is None or n >= len(records):
-        return records
-    return random.Random(seed).sample(records, n)
+def subset(records: list[Record], n: int | None, seed: int = 0, balance_grades: bool = False) -> list[Record]:
+    """A seeded sample of `n` records (all of them when `n` is None or too large).
+
+    With `balance_grades`, every grade gets an equal share of `n` (a grade with fewer records gives all it has and
+    the rest is shared among the others), so that SFT on TREC's skewed pools (45 % grade 0, 11 % grade 3) does not
+    collapse to the majority grade. The sample is shuffled, so batches mix grades.
+    """
+    rng = random.Random(seed)
+    if not balance_grades:
+        if n is None or n >= len(records):
+            return records
+        return rng.sample(records, n)
+    by_grade: dict[int, list[Record]] = {}
+    for r in records:
+        by_grade.setdefault(r.grade, []).append(r)
+    budget = len(records) if n is None else min(n, len(records))
+    if n is None:  # balanced without a size: down-sample every grade to the rarest one
+        budget = min(len(v) for v in by_grade.values()) * len(by_grade)
+    picked: list[Record] = []
+    groups = sorted(by_grade.values(), key=len)
+    for i, group in enumerate(groups):
+        share = (budget - len(picked)) // (len(groups) - i)
+        picked.extend(rng.sample(group, min(share, len(group))))
+    rng.shuffle(picked)
+    return picked

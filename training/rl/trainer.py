@@ -260,7 +260,11 @@ def train_rl(config: AfrlGRPOConfig, records: list[Record] | None = None) -> Pat
     model.train()
     builder, scale = contract_builder(tokenizer, model_dir, config)
     if records is None:
-        records = subset(load_sources(config.data, config.dev_fraction, config.split_seed), config.max_train_records)
+        records = subset(
+            load_sources(config.data, config.dev_fraction, config.split_seed),
+            config.max_train_records,
+            balance_grades=config.balance_grades,
+        )
     log.info(
         "RL (%s, mu %s -> %s %s, kl %s) on %d records, grades %s",
         config.advantage_mode,
