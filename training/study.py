@@ -93,6 +93,9 @@ class AfrlStudyConfig:
     sft_max_steps: int = field(default=60, metadata={"help": "SFT steps (rule world)"})
     sft_batch_size: int = field(default=8, metadata={"help": "SFT batch size"})
     sft_learning_rate: float = field(default=1e-3, metadata={"help": "SFT learning rate"})
+    sft_grade_loss_weight: float = field(
+        default=1.0, metadata={"help": "weight of the grade token in the SFT loss (10-20 avoids majority collapse)"}
+    )
     # ------------------------------------------------------------------ RL (the same budget for every RL arm)
     rl_max_steps: int = field(default=20, metadata={"help": "RL optimiser steps per arm"})
     rl_prompts_per_step: int = field(default=2, metadata={"help": "prompts per step (x num_generations)"})
@@ -165,6 +168,7 @@ def run_rules_sft(config: AfrlStudyConfig, seed: int, out: Path) -> Path:
         max_steps=config.sft_max_steps,
         per_device_train_batch_size=config.sft_batch_size,
         learning_rate=config.sft_learning_rate,
+        grade_loss_weight=config.sft_grade_loss_weight,
         lr_scheduler_type="cosine",
         warmup_ratio=0.05,
         logging_steps=10,
@@ -446,7 +450,8 @@ def render_results(summary: dict[str, Any], config: AfrlStudyConfig) -> str:
         "",
         f"Budget: rule world {c['rules_train']} train / {c['rules_dev']} dev records per seed, seeds {c['seeds']}, "
         f"model `{c['rules_model']}` layers {c['rules_keep_layers']}, SFT {c['sft_max_steps']} steps x "
-        f"{c['sft_batch_size']}; RL {c['rl_max_steps']} steps x {c['rl_prompts_per_step']} prompts x "
+        f"{c['sft_batch_size']} (grade weight {c.get('sft_grade_loss_weight', 1.0)}); "
+        f"RL {c['rl_max_steps']} steps x {c['rl_prompts_per_step']} prompts x "
         f"{c['num_generations']} completions (max {c['max_completion_length']} tokens), lr {c['rl_learning_rate']}, "
         f"shared SFT model across seeds (seeds vary only RL): {c['shared_sft']}, "
         f"KL {c['kl_coef']}, mu schedule {c['sft_coef_schedule']}. TREC: {c['trec_rl_max_steps']} RL steps from "
