@@ -28,6 +28,7 @@ from training.metrics import (
     expected_calibration_error,
     per_rule_accuracy,
     ranking_metrics,
+    shuffled_ranking_metrics,
 )
 from training.rule_world import generate_records
 from training.sources import load_source
@@ -198,6 +199,34 @@ def test_afrl_eval_trec_end_to_end(tmp_path, tiny_model_dir, capsys):
     written = list(ir_measures.read_trec_run(str(out / "run.trec")))
     again = ir_measures.calc_aggregate([ir_measures.nDCG @ 10], qrels, written)
     assert again[ir_measures.nDCG @ 10] == pytest.approx(metrics["ndcg@10"], abs=1e-4)
+
+
+def test_shuffled_reference_is_the_chance_level():
+    # one relevant doc among two candidates: rank 1 or 2 with equal odds, nDCG@10 = (1 + 1/log2(3)) / 2
+    qrels = {"q": {"a": 1, "b": 0}}
+    chance = shuffled_ranking_metrics(qrels, {"q": ["a", "b"]}, shuffles=400)
+    assert chance["ndcg@10"] == pytest.approx((1 + 1 / math.log2(3)) / 2, abs=0.03)
+    # when every candidate has the same gain the order cannot matter
+    flat = shuffled_ranking_metrics({"q": {"a": 2, "b": 2, "c": 2}}, {"q": ["a", "b", "c"]}, shuffles=5)
+    assert flat["ndcg@10"] == pytest.approx(1.0)
+    assert shuffled_ranking_metrics(qrels, {"q": ["a", "b"]}, seed=3) == shuffled_ranking_metrics(
+        qrels, {"q": ["a", "b"]}, seed=3
+    )
+
+
+def test_afrl_eval_references_only_scores_nothing(tmp_path, capsys):
+    trec = write_tiny_trec(tmp_path / "trec")
+    out = tmp_path / "refs"
+    argv = ["eval", "--references-only", "--model", "no-such-model", "--trec-dir", str(trec), "--out", str(out)]
+    assert main(argv) == 0  # the model is never loaded
+    printed = json.loads(capsys.readouterr().out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    bm25 = [dcg([0, 1, 3]) / dcg([3, 1]), dcg([2, 0, 3]) / dcg([3, 2]), dcg([0, 2]) / dcg([2])]
+    assert metrics["bm25_ndcg@10"] == pytest.approx(sum(bm25) / 3)
+    assert printed["shuffled_ndcg@10"] == metrics["shuffled_ndcg@10"]
+    assert 0.0 < metrics["shuffled_ndcg@10"] < 1.0 and "ndcg@10" not in metrics
+    assert "| BM25 shuffled |" in (out / "report.md").read_text()
+    assert main(["eval", "--references-only", "--data", "rules:4", "--out", str(out)]) == 2
 
 
 def test_afrl_eval_jsonl_rule_world(tmp_path, tiny_model_dir):

@@ -3,6 +3,7 @@
     afrl eval --model runs/sft_smollm2_trec --trec-dir ../shared/data/trec-dl/dl20 --split dev --out runs/eval_dl20
     afrl eval --model runs/sft_rules_small --data rules:1000:1 --out runs/eval_rules
     afrl eval --model default --jsonl pairs.jsonl --out runs/eval_jsonl
+    afrl eval --references-only --trec-dir ../shared/data/trec-dl/dl20 --split dev --out runs/refs_dl20dev
 
 `--split dev` (with `--dev-fraction 0.2 --split-seed 0`, the SFT defaults) selects exactly the queries that
 `trec:DIR:dev` held out in training. Writes OUT/metrics.json, OUT/report.md, OUT/run.trec (TREC mode) and
@@ -57,6 +58,11 @@ def register(sub: Any) -> None:
     p.add_argument("--explain-tokens", type=int, default=128, help="max new tokens per explanation")
     p.add_argument("--instruction-file", default=None, help="override the model's instruction (system message)")
     p.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass")
+    p.add_argument(
+        "--references-only",
+        action="store_true",
+        help="TREC mode: score nothing, report only the first-stage run's order and its shuffled chance level",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: AFRL_THREADS or all cores)")
     p.set_defaults(func=run)
 
@@ -65,7 +71,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from afrl.cli import set_threads
     from afrl.scorer import load_scorer
     from training.data import TrecCollection, read_jsonl
-    from training.evaluate import evaluate_records, evaluate_trec, qids_from_spec, split_qids, write_report
+    from training.evaluate import (
+        evaluate_records,
+        evaluate_trec,
+        qids_from_spec,
+        reference_metrics,
+        split_qids,
+        write_report,
+    )
     from training.sources import load_source, subset
 
     set_threads(args.threads)
@@ -73,8 +86,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("give either --qids-from or --split, not both")
     if args.trec_dir is None and (args.qids_from or args.split != "all" or args.run):
         raise ValueError("--run, --qids-from and --split apply to --trec-dir only")
+    if args.references_only and not args.trec_dir:
+        raise ValueError("--references-only needs --trec-dir (the reference rows rank a first-stage run)")
     instruction = Path(args.instruction_file).read_text().strip() if args.instruction_file else None
-    scorer = load_scorer(args.model, batch_size=args.batch_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.trec_dir:
@@ -84,9 +98,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             qids = split_qids(TrecCollection.load(args.trec_dir), args.split, args.dev_fraction, args.split_seed)
         if args.max_queries is not None:
             qids = qids[: args.max_queries]
+        if args.references_only:
+            metrics = {
+                "mode": "trec",
+                "queries": len(qids),
+                "data": f"{args.trec_dir} ({args.qids_from or args.split})",
+            }
+            metrics |= reference_metrics(TrecCollection.load(args.trec_dir, args.run), qids)
+            write_report(metrics, out)
+            return {k: v for k, v in metrics.items() if k.startswith(("bm25_", "shuffled_"))} | {"out": str(out)}
         log.info("evaluating %d queries of %s", len(qids), args.trec_dir)
         metrics = evaluate_trec(
-            scorer,
+            load_scorer(args.model, batch_size=args.batch_size),
             args.trec_dir,
             qids=qids,
             run_file=args.run,
@@ -100,7 +123,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         records = read_jsonl(args.jsonl) if args.jsonl else load_source(args.data, args.dev_fraction, args.split_seed)
         records = subset(records, args.max_records)
         metrics = evaluate_records(
-            scorer, records, args.explain_sample, instruction=instruction, explain_tokens=args.explain_tokens
+            load_scorer(args.model, batch_size=args.batch_size),
+            records,
+            args.explain_sample,
+            instruction=instruction,
+            explain_tokens=args.explain_tokens,
         )
         metrics["data"] = args.jsonl or args.data
     metrics["model"] = args.model

@@ -31,6 +31,7 @@ from training.metrics import (
     expected_calibration_error,
     per_rule_accuracy,
     ranking_metrics,
+    shuffled_ranking_metrics,
 )
 
 log = logging.getLogger(__name__)
@@ -229,6 +230,20 @@ def write_run(path: str | Path, run: dict[str, tuple[list[str], list[float]]], t
     return path
 
 
+def reference_metrics(coll: TrecCollection, qids: Sequence[str]) -> dict[str, Any]:
+    """The rows every rerank figure is read against: the first-stage run's own order (`bm25_*`) and the same
+    candidates shuffled (`shuffled_*`, chance level, mean of 50 seeded shuffles)."""
+    qids = [q for q in qids if q in coll.run]
+    if not qids:
+        raise ValueError(f"none of the selected queries is in the first-stage run of {coll.name}")
+    qrels = {q: coll.qrels[q] for q in qids}
+    first_stage = {q: [d for d, _ in coll.run[q]] for q in qids}
+    bm25 = ranking_metrics(qrels, first_stage)
+    shuffled = shuffled_ranking_metrics(qrels, first_stage)
+    keys = ("ndcg@10", "mrr@10", "map")
+    return {f"bm25_{k}": bm25[k] for k in keys} | {f"shuffled_{k}": shuffled[k] for k in keys}
+
+
 def evaluate_trec(
     scorer: TorchScorer,
     trec_dir: str | Path,
@@ -284,7 +299,7 @@ def evaluate_trec(
         model = ranking_metrics(qrels, {q: docs for q, (docs, _) in reranked.items()}, per_query=True)
         bm25 = ranking_metrics(qrels, {q: [d for d, _ in coll.run[q]] for q in in_run}, per_query=True)
         out |= {k: model[k] for k in ("ndcg@10", "mrr@10", "map")}
-        out |= {f"bm25_{k}": bm25[k] for k in ("ndcg@10", "mrr@10", "map")}
+        out |= reference_metrics(coll, in_run)
         out["rerank_queries"] = model["queries"]
         out["unscored_run_docs"] = unscored
         out["per_query"] = {
@@ -321,18 +336,19 @@ def render_report(metrics: dict[str, Any]) -> str:
     for key in ("model", "data", "mode", "queries", "n_judged", "pairs_scored"):
         if key in metrics:
             lines.append(f"- {key}: {_fmt(metrics[key])}")
-    lines += ["", "## Ranking", "", "| metric | model | BM25 |", "|---|---|---|"]
+    lines += ["", "## Ranking", "", "| metric | model | BM25 | BM25 shuffled |", "|---|---|---|---|"]
     for key, label in (("ndcg@10", "nDCG@10"), ("mrr@10", "MRR@10 (grade >= 2)"), ("map", "MAP (grade >= 2)")):
-        if key in metrics:
-            bm25 = _fmt(metrics.get("bm25_" + key))
-            lines.append(f"| {label}, rerank first-stage run | {_fmt(metrics[key])} | {bm25} |")
+        if key in metrics or "bm25_" + key in metrics:
+            refs = f"{_fmt(metrics.get('bm25_' + key))} | {_fmt(metrics.get('shuffled_' + key))}"
+            lines.append(f"| {label}, rerank first-stage run | {_fmt(metrics.get(key))} | {refs} |")
     for key, label in (("ndcg@10_judged", "nDCG@10"), ("mrr@10_judged", "MRR@10"), ("map_judged", "MAP")):
         if key in metrics:
-            lines.append(f"| {label}, judged pool | {_fmt(metrics[key])} | - |")
-    lines += ["", "## Classification (judged pairs)", "", "| metric | value |", "|---|---|"]
-    for key in ("accuracy", "macro_f1", "ece", "consistency", "consistency_n"):
-        if key in metrics:
-            lines.append(f"| {key} | {_fmt(metrics[key])} |")
+            lines.append(f"| {label}, judged pool | {_fmt(metrics[key])} | - | - |")
+    classification = [k for k in ("accuracy", "macro_f1", "ece", "consistency", "consistency_n") if k in metrics]
+    if classification:
+        lines += ["", "## Classification (judged pairs)", "", "| metric | value |", "|---|---|"]
+    for key in classification:
+        lines.append(f"| {key} | {_fmt(metrics[key])} |")
     if "per_grade_recall" in metrics:
         grades = list(metrics["per_grade_recall"])
         lines += ["", "| grade | recall | gold | predicted |", "|---|---|---|---|"]

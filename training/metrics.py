@@ -52,6 +52,26 @@ def ranking_metrics(
     return out
 
 
+def shuffled_ranking_metrics(
+    qrels: Mapping[str, Mapping[str, int]], ranking: Mapping[str, Sequence[str]], shuffles: int = 50, seed: int = 0
+) -> dict[str, Any]:
+    """`ranking_metrics` of the same candidate lists in random order, averaged over `shuffles` seeded shuffles.
+
+    The chance level of a reranker: a model whose scores carry no relevance signal lands here, not at 0, so a
+    rerank figure means something only next to this one and the first stage's own order.
+    """
+    import random
+
+    rng = random.Random(seed)
+    sums: dict[str, float] = defaultdict(float)
+    for _ in range(shuffles):
+        shuffled = {q: rng.sample(list(docs), len(docs)) for q, docs in ranking.items()}
+        for name, value in ranking_metrics(qrels, shuffled).items():
+            if name != "queries" and value is not None:
+                sums[name] += value
+    return {name: total / shuffles for name, total in sums.items()}
+
+
 def confusion_matrix(gold: Sequence[int], predicted: Sequence[int], n_grades: int) -> list[list[int]]:
     """Rows are gold grades, columns predicted grades."""
     matrix = [[0] * n_grades for _ in range(n_grades)]
