@@ -398,7 +398,7 @@ def train_distill(config: AfrlDistillConfig) -> Path:
     from transformers.trainer_utils import get_last_checkpoint
 
     from afrl.models import load_model, resolve
-    from training.sources import load_sources, subset
+    from training.sources import training_records
 
     teacher_path = resolve(config.teacher)
     tokenizer = AutoTokenizer.from_pretrained(_tokenizer_folder(teacher_path))
@@ -421,11 +421,7 @@ def train_distill(config: AfrlDistillConfig) -> Path:
         return teachers[0]
 
     teacher_hash = model_fingerprint(teacher_path)
-    records = subset(
-        load_sources(config.data, config.dev_fraction, config.split_seed),
-        config.max_train_records,
-        balance_grades=config.balance_grades,
-    )
+    records = training_records(config)
     cache = teacher_cache(records, config, builder, teacher_hash, load_teacher)
     if config.cache_only:
         log.info("cache_only: the teacher cache is complete for %d records", len(records))

@@ -24,7 +24,7 @@ from typing import Any
 from afrl.contract import DEFAULT_INSTRUCTION, GradeScale, PromptBuilder
 from afrl.manifest import Manifest
 from training.config import AfrlSFTConfig
-from training.sources import load_sources, subset
+from training.sources import load_sources, subset, training_records
 from training.targets import build_example
 
 log = logging.getLogger(__name__)
@@ -98,11 +98,7 @@ def train_sft(config: AfrlSFTConfig) -> Path:
         max_query_tokens=config.max_query_tokens,
         max_document_tokens=config.max_document_tokens,
     )
-    records = subset(
-        load_sources(config.data, config.dev_fraction, config.split_seed),
-        config.max_train_records,
-        balance_grades=config.balance_grades,
-    )
+    records = training_records(config)
     log.info("SFT on %d records, grades %s", len(records), dict(sorted(Counter(r.grade for r in records).items())))
     train_ds = build_dataset(records, builder, scale, config.explanations)
     eval_ds = None

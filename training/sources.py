@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from training.data import Record, TrecCollection, read_jsonl, split_by_query
+
+if TYPE_CHECKING:
+    from training.config import AfrlDataArgs
 
 
 def load_source(spec: str, dev_fraction: float = 0.2, split_seed: int = 0) -> list[Record]:
@@ -39,6 +43,12 @@ def load_sources(specs: Sequence[str], dev_fraction: float = 0.2, split_seed: in
     return records
 
 
+def training_records(config: AfrlDataArgs) -> list[Record]:
+    """The records a stage trains on: its `data` sources, sampled to `max_train_records` (grade-balanced if asked)."""
+    records = load_sources(config.data, config.dev_fraction, config.split_seed)
+    return subset(records, config.max_train_records, balance_grades=config.balance_grades)
+
+
 def subset(records: list[Record], n: int | None, seed: int = 0, balance_grades: bool = False) -> list[Record]:
     """A seeded sample of `n` records (all of them when `n` is None or too large).
 
@@ -54,9 +64,8 @@ def subset(records: list[Record], n: int | None, seed: int = 0, balance_grades: 
     by_grade: dict[int, list[Record]] = {}
     for r in records:
         by_grade.setdefault(r.grade, []).append(r)
-    budget = len(records) if n is None else min(n, len(records))
-    if n is None:  # balanced without a size: down-sample every grade to the rarest one
-        budget = min(len(v) for v in by_grade.values()) * len(by_grade)
+    # without a size, every grade is down-sampled to the rarest one
+    budget = min(n, len(records)) if n is not None else min(len(v) for v in by_grade.values()) * len(by_grade)
     picked: list[Record] = []
     groups = sorted(by_grade.values(), key=len)
     for i, group in enumerate(groups):

@@ -250,7 +250,7 @@ def train_rl(config: AfrlGRPOConfig, records: list[Record] | None = None) -> Pat
     from transformers.trainer_utils import get_last_checkpoint
 
     from afrl.models import load_model
-    from training.sources import load_sources, subset
+    from training.sources import training_records
 
     model, tokenizer, model_dir = load_model(config.model)
     if config.keep_layers:
@@ -260,11 +260,7 @@ def train_rl(config: AfrlGRPOConfig, records: list[Record] | None = None) -> Pat
     model.train()
     builder, scale = contract_builder(tokenizer, model_dir, config)
     if records is None:
-        records = subset(
-            load_sources(config.data, config.dev_fraction, config.split_seed),
-            config.max_train_records,
-            balance_grades=config.balance_grades,
-        )
+        records = training_records(config)
     log.info(
         "RL (%s, mu %s -> %s %s, kl %s) on %d records, grades %s",
         config.advantage_mode,
