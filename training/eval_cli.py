@@ -92,10 +92,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.trec_dir:
+        coll = None
         if args.qids_from:
             qids = qids_from_spec(args.qids_from, args.dev_fraction, args.split_seed)
         else:
-            qids = split_qids(TrecCollection.load(args.trec_dir), args.split, args.dev_fraction, args.split_seed)
+            coll = TrecCollection.load(args.trec_dir, args.run)
+            qids = split_qids(coll, args.split, args.dev_fraction, args.split_seed)
         if args.max_queries is not None:
             qids = qids[: args.max_queries]
         if args.references_only:
@@ -104,7 +106,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "queries": len(qids),
                 "data": f"{args.trec_dir} ({args.qids_from or args.split})",
             }
-            metrics |= reference_metrics(TrecCollection.load(args.trec_dir, args.run), qids)
+            metrics |= reference_metrics(coll or TrecCollection.load(args.trec_dir, args.run), qids)
             write_report(metrics, out)
             return {k: v for k, v in metrics.items() if k.startswith(("bm25_", "shuffled_"))} | {"out": str(out)}
         log.info("evaluating %d queries of %s", len(qids), args.trec_dir)

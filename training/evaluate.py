@@ -231,17 +231,20 @@ def write_run(path: str | Path, run: dict[str, tuple[list[str], list[float]]], t
 
 
 def reference_metrics(coll: TrecCollection, qids: Sequence[str]) -> dict[str, Any]:
-    """The rows every rerank figure is read against: the first-stage run's own order (`bm25_*`) and the same
-    candidates shuffled (`shuffled_*`, chance level, mean of 50 seeded shuffles)."""
+    """The rows every rerank figure is read against: the first-stage run's own order (`bm25_*`, and per query) and
+    the same candidates shuffled (`shuffled_*`, chance level, mean of 50 seeded shuffles)."""
     qids = [q for q in qids if q in coll.run]
     if not qids:
         raise ValueError(f"none of the selected queries is in the first-stage run of {coll.name}")
     qrels = {q: coll.qrels[q] for q in qids}
     first_stage = {q: [d for d, _ in coll.run[q]] for q in qids}
-    bm25 = ranking_metrics(qrels, first_stage)
+    bm25 = ranking_metrics(qrels, first_stage, per_query=True)
     shuffled = shuffled_ranking_metrics(qrels, first_stage)
     keys = ("ndcg@10", "mrr@10", "map")
-    return {f"bm25_{k}": bm25[k] for k in keys} | {f"shuffled_{k}": shuffled[k] for k in keys}
+    per_query = {q: {"bm25_ndcg@10": v["ndcg@10"]} for q, v in bm25["per_query"].items()}
+    return (
+        {f"bm25_{k}": bm25[k] for k in keys} | {f"shuffled_{k}": shuffled[k] for k in keys} | {"per_query": per_query}
+    )
 
 
 def evaluate_trec(
@@ -259,9 +262,7 @@ def evaluate_trec(
     Every (query, passage) pair is scored once, whether it is a run candidate, a judged pair or both. With
     `run_out`, the reranked run is written there in TREC format.
     """
-    if run_file is not None and not Path(run_file).is_file():
-        raise FileNotFoundError(f"run file {run_file} not found")
-    coll = TrecCollection.load(trec_dir, run_file)
+    coll = TrecCollection.load(trec_dir, run_file)  # refuses a missing run_file
     known = split_qids(coll)
     if qids is None:
         selected = known
@@ -297,14 +298,12 @@ def evaluate_trec(
             unscored += len(candidates) - len(scores)
             reranked[q] = rerank(candidates, scores)
         model = ranking_metrics(qrels, {q: docs for q, (docs, _) in reranked.items()}, per_query=True)
-        bm25 = ranking_metrics(qrels, {q: [d for d, _ in coll.run[q]] for q in in_run}, per_query=True)
         out |= {k: model[k] for k in ("ndcg@10", "mrr@10", "map")}
         out |= reference_metrics(coll, in_run)
         out["rerank_queries"] = model["queries"]
         out["unscored_run_docs"] = unscored
         out["per_query"] = {
-            q: {"ndcg@10": model["per_query"][q]["ndcg@10"], "bm25_ndcg@10": bm25["per_query"][q]["ndcg@10"]}
-            for q in model["per_query"]
+            q: {"ndcg@10": model["per_query"][q]["ndcg@10"], **out["per_query"][q]} for q in model["per_query"]
         }
         if unscored:
             log.warning("%d run candidates have no passage text; they keep their first-stage order last", unscored)
