@@ -41,7 +41,8 @@ class GuidelineReader(TorchScorer):
     follows its instruction: the test shows that the evolution loop (error analysis -> mutation -> selection,
     lineage, carrying the winner) finds and keeps better instructions for such a model. It does not show that a
     real language model of a given size follows guideline edits; `test_evolve_cli_with_a_real_tiny_model` runs
-    the same loop with a real (tiny, random) model, where only the plumbing is checked.
+    the same loop with a real (tiny, random) model, where only the plumbing is checked. Pairs outside `records`
+    get 3 whatever the instruction says (a model whose dev gains do not transfer).
     """
 
     attention_lines = 9
@@ -54,7 +55,7 @@ class GuidelineReader(TorchScorer):
         lines = (instruction or "").splitlines()[: self.attention_lines]
         out = []
         for pair in pairs:
-            rule = self.rule_of[pair]
+            rule = self.rule_of.get(pair, "no known rule")
             line = next((ln for ln in lines if re.match(rf"\s*{rule}\b", ln)), None)
             m = re.search(r"\((\d)\)", line) if line else None
             grade = int(m.group(1)) if m else 3
@@ -84,14 +85,21 @@ def test_offline_mutator_fixes_the_worst_rules_first_and_is_deterministic():
 
 def test_evolution_improves_a_bad_instruction_on_the_rule_world(tmp_path, tiny_qwen):
     model, tok = tiny_qwen
-    config = make_config(tmp_path, "tiny", "--generations", "4", "--population_size", "4", "--children_per_parent", "3")
-    records = load_sources(config.dev_data)
+    config = make_config(
+        tmp_path, "tiny", "--generations", "4", "--population_size", "4", "--children_per_parent", "3",
+        "--heldout_data", "rules:60:8",
+    )  # fmt: skip
+    records = load_sources(config.dev_data) + load_sources(config.heldout_data)
     scorer = GuidelineReader(model, tok, records)
     out = run_evolve(config, scorer=scorer)
 
     lineage = json.loads((out / "lineage.json").read_text())
     initial, best = lineage["initial_score"], lineage["best_score"]
     assert best > initial + 0.3, f"macro-F1 {initial:.3f} -> {best:.3f}"
+    held = lineage["heldout"]  # the stand-in follows guidelines on fresh pairs too: the gain is confirmed
+    assert held["records"] == 60 and held["winner_score"] > held["start_score"] + 0.3
+    assert held["p_better"] >= 0.9 and held["confirmed"] and lineage["carried"] == lineage["best"]
+    assert held["gain_90ci"][0] > 0
     by_id = {c["id"]: c for c in lineage["candidates"]}
     assert by_id[lineage["initial"]]["instruction"] == BAD.strip()
     for c in lineage["candidates"]:  # every child names an older, scored parent and its mutation
@@ -113,6 +121,43 @@ def test_evolution_improves_a_bad_instruction_on_the_rule_world(tmp_path, tiny_q
     manifest = load_verified(out)
     assert manifest.kind == "evolve" and manifest.instruction == winner
     assert manifest.extra["best_score"] == best and manifest.extra["initial_score"] == initial
+
+
+def test_a_dev_gain_that_does_not_hold_out_is_not_carried(tmp_path, tiny_qwen):
+    model, tok = tiny_qwen
+    config = make_config(tmp_path, "tiny", "--heldout_data", "rules:60:8")
+    scorer = GuidelineReader(model, tok, load_sources(config.dev_data))  # reads guidelines on dev pairs only
+    out = run_evolve(config, scorer=scorer)
+
+    lineage = json.loads((out / "lineage.json").read_text())
+    assert lineage["best_score"] > lineage["initial_score"]  # the search found a dev winner ...
+    held = lineage["heldout"]
+    assert held["gain"] == 0.0 and held["p_better"] == 0.0 and not held["confirmed"]  # ... that fresh pairs reject
+    assert lineage["carried"] == lineage["initial"]
+    assert (out / "instruction.txt").read_text().strip() == BAD.strip()
+    next_cfg = parse_config(AfrlSFTConfig, ["--config", str(out / "next_stage.yaml")])
+    assert Path(next_cfg.instruction_file).read_text().strip() == BAD.strip()
+    manifest = load_verified(out)
+    assert manifest.instruction == BAD.strip() and manifest.extra["carried"] == lineage["initial"]
+
+
+def test_heldout_bootstrap_resamples_queries_for_ndcg():
+    from training.data import Record
+    from training.evolve import evaluate_instruction, heldout_check
+
+    class ByInstruction:
+        """Scores the gold grade under "good" and the reverse under "bad": a sure gain on every query."""
+
+        def score(self, pairs, instruction=None):
+            grade_of = {(r.query, r.document): r.grade for r in records}
+            grades = [grade_of[p] if instruction == "good" else 3 - grade_of[p] for p in pairs]
+            return [result_from_logits([4.0 if k == g else 0.0 for k in range(4)]) for g in grades]
+
+    records = [Record(f"{q}{i}", f"query {q}", f"doc {i}", i % 4, qid=q) for q in "abcde" for i in range(4)]
+    check = heldout_check(ByInstruction(), records, "bad", "good", "ndcg@10", draws=50)
+    assert check["winner_score"] == pytest.approx(1.0) and check["start_score"] < 1.0
+    assert check["p_better"] == 1.0 and check["gain_90ci"][0] > 0
+    assert evaluate_instruction(ByInstruction(), records, "good", "ndcg@10")[0] == pytest.approx(1.0)
 
 
 def test_evolve_cli_with_a_real_tiny_model(tmp_path):

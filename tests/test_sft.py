@@ -111,3 +111,52 @@ def test_grade_weight_weights_exactly_the_first_completion_token(tiny_qwen):
     expected = (5.0 * nll[0] + nll[1:].sum()) / (5.0 + len(nll) - 1)
     assert weighted.item() == pytest.approx(expected.item(), rel=1e-4)
     assert weighted.item() != pytest.approx(plain.item(), rel=1e-3)
+
+
+def test_listwise_loss_equals_listnet_by_hand_and_prefers_the_gold_order():
+    from training.losses import listwise_grade_loss
+
+    logits = torch.tensor([[2.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 2.0], [0.0, 0.0, 0.0, 0.0]])
+    gold = torch.tensor([0, 3, 1])
+    p = logits.softmax(-1)
+    expected = p @ torch.arange(4.0)
+    by_hand = -(gold.float().softmax(-1) * expected.log_softmax(-1)).sum()
+    assert listwise_grade_loss(logits, gold).item() == pytest.approx(by_hand.item(), rel=1e-6)
+    reversed_order = listwise_grade_loss(logits, torch.tensor([3, 0, 1]))
+    assert listwise_grade_loss(logits, gold) < reversed_order
+    with pytest.raises(ValueError, match="at least two documents"):
+        listwise_grade_loss(logits[:1], gold[:1])
+
+
+def test_grade_logits_come_from_each_rows_grade_position(tiny_qwen):
+    from training.losses import completion_nll_and_grade_logits
+
+    model, tok = tiny_qwen
+    ids = torch.tensor([tok.encode("running shoes for men size 42 Berlin")] * 2)
+    labels = ids.clone()
+    labels[0, :4] = -100  # row 0: completion starts at token 4, predicted from position 3
+    labels[1, :6] = -100  # row 1: from position 5
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask).logits.float()
+        _, _, first = completion_nll_and_grade_logits(model, ids, mask, labels)
+    assert torch.allclose(first[0], full[0, 3], atol=1e-4)
+    assert torch.allclose(first[1], full[1, 5], atol=1e-4)
+
+
+def test_sft_with_ranking_loss_trains_on_query_groups(tiny_dir, tmp_path):
+    from tests.test_eval import write_tiny_trec
+
+    trec = write_tiny_trec(tmp_path / "trec")
+    out = tmp_path / "sft"
+    config = parse_config(
+        AfrlSFTConfig,
+        ["--config", TINY_YAML, "--model", str(tiny_dir), "--output_dir", str(out), "--data", f"trec:{trec}",
+         "--ranking_loss_weight", "1.0", "--per_device_train_batch_size", "2", "--max_steps", "2"],
+    )  # fmt: skip
+    train_sft(config)
+    state = json.loads((out / "afrl.json").read_text())
+    assert state["provenance"]["records"] == 4  # q1 and q2 give one 2-document group each; q3 has one document
+    assert state["provenance"]["config"]["ranking_loss_weight"] == 1.0
+    with pytest.raises(ValueError, match="unset balance_grades"):
+        parse_config(AfrlSFTConfig, ["--config", TINY_YAML, "--ranking_loss_weight", "1", "--balance_grades", "true"])

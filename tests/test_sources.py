@@ -55,3 +55,26 @@ def test_trec_load_refuses_a_missing_explicit_run_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nope\.run"):
         TrecCollection.load(d, run_file=tmp_path / "nope.run")
     assert TrecCollection.load(d).run  # the folder's own run still loads
+
+
+def test_query_groups_are_consecutive_same_query_runs_with_mixed_grades():
+    from training.sources import query_groups
+
+    records = [Record(f"{q}-{i}", f"query {q}", f"doc {i}", g, qid=q) for q in "abc" for i, g in
+               enumerate([0] * 9 + [1] * 4 + [2] * 3 + [3] * 1)]  # fmt: skip
+    records += [Record("d-0", "query d", "doc", 2, qid="d")]  # a query with one document: no group
+    picked = query_groups(records, None, 4, seed=0)
+    groups = [picked[i : i + 4] for i in range(0, len(picked), 4)]
+    assert all(len({r.qid for r in g}) == 1 and len({r.grade for r in g}) > 1 for g in groups)
+    assert {r.qid for r in picked} == {"a", "b", "c"}
+    assert len({r.id for r in picked}) == len(picked)
+    # round-robin dealing: every query's first group holds one record of each of its grades
+    first_of_a = next(g for g in groups if g[0].qid == "a" and len({r.grade for r in g}) == 4)
+    assert sorted(r.grade for r in first_of_a) == [0, 1, 2, 3]
+    assert [r.id for r in query_groups(records, None, 4, seed=0)] == [r.id for r in picked]
+    capped = query_groups(records, 10, 4, seed=0)
+    assert len(capped) == 8 and len({r.qid for r in capped}) == 2  # first groups of two queries, not one's leftovers
+    with pytest.raises(ValueError, match="lower the group size"):
+        query_groups(records[-1:], None, 2)
+    with pytest.raises(ValueError, match="at least 2"):
+        query_groups(records, None, 1)

@@ -54,6 +54,13 @@ class AfrlSFTConfig(SFTConfig, AfrlDataArgs):
     grade_loss_weight: float = field(
         default=1.0, metadata={"help": "weight of the grade token in the SFT loss (the others weigh 1)"}
     )
+    ranking_loss_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "weight of a listwise (ListNet) loss over each batch, which then holds one query's documents "
+            "(training.sources.query_groups; batch size = group size; single process only)"
+        },
+    )
     lora_layers: list[int] | None = field(
         default=None, metadata={"help": "layers that get LoRA (default all); top layers only is much cheaper on CPU"}
     )
@@ -66,6 +73,14 @@ class AfrlSFTConfig(SFTConfig, AfrlDataArgs):
             raise ValueError("lora_r must be >= 0")
         if self.grade_loss_weight <= 0:
             raise ValueError("grade_loss_weight must be > 0")
+        if self.ranking_loss_weight < 0:
+            raise ValueError("ranking_loss_weight must be >= 0")
+        if self.ranking_loss_weight > 0 and self.balance_grades:
+            raise ValueError(
+                "ranking_loss_weight > 0 samples query groups that already mix grades; unset balance_grades"
+            )
+        if self.ranking_loss_weight > 0 and self.per_device_train_batch_size < 2:
+            raise ValueError("ranking_loss_weight > 0 needs per_device_train_batch_size >= 2 (documents per query)")
         self.completion_only_loss = True
         if self.bf16 is None:  # TRL would turn bf16 on everywhere; on a CPU without AMX it is emulated and slow
             from afrl.hardware import bf16_is_fast

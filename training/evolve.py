@@ -6,9 +6,16 @@ grades, it got wrong, the confusions, a few wrong examples) goes to a mutator th
 (`training.mutators`: an LLM behind an OpenAI-compatible endpoint such as vLLM in production, a deterministic
 line editor offline); children are scored, and the best `population_size` survive into the next generation
 (elitist: the best score never falls). Every candidate's parent, mutation, generation and score is saved in
-`lineage.json`; the winner is written to `instruction.txt`, carried into the next stage's config
+`lineage.json`; the winner (or the start, if a held-out check below rejects it) is written to `instruction.txt`,
+carried into the next stage's config
 (`next_stage.yaml`: `next_stage_config` with `instruction_file` pointing at the winner) and recorded in the
 folder's manifest (`afrl.json`, whose instruction is the winner, with its sha256).
+
+Selection on the dev split overfits it: with ~10 candidates on 300 pairs, the best dev score is partly luck (the
+first real run gained 0.04 macro-F1 on dev and nothing on fresh pairs, training/README.md). So with `heldout_data`
+the winner and the starting instruction are both scored on pairs the search never saw, and a paired bootstrap
+(resampling records, or queries for nDCG@10) gives the probability that the winner is better there. Below
+`confirm_probability` the starting instruction is carried forward instead, and the lineage says why.
 
 Departure from prompt-optimisation papers: mutations see aggregated error analysis, not raw gradients or whole
 transcripts, so a run on the rule world is reproducible and a production run stays within one LLM context.
@@ -34,7 +41,8 @@ from training.mutators import ErrorAnalysis, HttpMutator, Mutator, OfflineMutato
 
 log = logging.getLogger(__name__)
 
-METRICS = ("macro_f1", "accuracy", "ndcg@10")
+# metric name -> its key in `metrics_from_results` (on dev records, nDCG@10 is the judged-pool figure)
+METRICS = {"macro_f1": "macro_f1", "accuracy": "accuracy", "ndcg@10": "ndcg@10_judged"}
 
 
 @dataclass
@@ -64,6 +72,15 @@ class AfrlEvolveConfig(AfrlDataArgs):
         default=None, metadata={"help": "output_dir written into next_stage.yaml (so it does not reuse the old one)"}
     )
     batch_size: int = field(default=16, metadata={"help": "scoring batch size"})
+    heldout_data: list[str] = field(
+        default_factory=list,
+        metadata={"help": "pairs the search never sees, to confirm the winner on (e.g. rules:300:8); empty: no check"},
+    )
+    max_heldout_records: int | None = field(default=300, metadata={"help": "seeded sample of the held-out split"})
+    confirm_probability: float = field(
+        default=0.9,
+        metadata={"help": "bootstrap probability that the winner beats the start on held-out pairs, to carry it"},
+    )
 
     def __post_init__(self) -> None:
         if not self.dev_data:
@@ -74,6 +91,8 @@ class AfrlEvolveConfig(AfrlDataArgs):
             raise ValueError("population_size and children_per_parent must be >= 1, generations >= 0")
         if self.mutator not in ("offline", "http"):
             raise ValueError(f"mutator {self.mutator!r}: use offline or http")
+        if not 0.0 <= self.confirm_probability <= 1.0:
+            raise ValueError("confirm_probability must be in [0, 1]")
         if self.mutator == "http" and not (self.mutator_url and self.mutator_model):
             raise ValueError("the http mutator needs mutator_url (e.g. http://127.0.0.1:8000/v1) and mutator_model")
 
@@ -118,7 +137,7 @@ def evaluate_instruction(
     results = scorer.score([(r.query, r.document) for r in records], instruction=instruction)
     n_grades = len(results[0].probabilities)
     metrics = metrics_from_results(records, results, n_grades, ranking=metric == "ndcg@10")
-    score = float(metrics[metric])
+    score = float(metrics[METRICS[metric]])
     analysis = ErrorAnalysis(metric=metric, score=score, total=len(records))
     for r, res in zip(records, results, strict=True):
         key = r.rule or f"grade {r.grade}"
@@ -130,8 +149,63 @@ def evaluate_instruction(
                 analysis.examples.append(
                     {"key": key, "query": r.query, "document": r.document, "gold": r.grade, "predicted": res.grade}
                 )
-    keep = ("accuracy", "macro_f1", "ndcg@10", "head_rule_accuracy", "tail_rule_accuracy", "per_rule_accuracy")
+    keep = ("accuracy", "macro_f1", "ndcg@10_judged", "head_rule_accuracy", "tail_rule_accuracy", "per_rule_accuracy")
     return score, {k: metrics[k] for k in keep if k in metrics}, analysis
+
+
+def heldout_check(
+    scorer: InstructionScorer,
+    records: list[Record],
+    start: str,
+    winner: str,
+    metric: str,
+    draws: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Both instructions on held-out records, and a paired bootstrap of the winner's gain there.
+
+    Resampling unit: the query for nDCG@10 (resampled queries get fresh ids so duplicates stay separate), else the
+    record. `p_better` is the share of draws in which the winner scores strictly higher.
+    """
+    import random
+    from dataclasses import replace
+
+    from training.evaluate import metrics_from_results
+
+    pairs = [(r.query, r.document) for r in records]
+    results = {name: scorer.score(pairs, instruction=text) for name, text in (("start", start), ("winner", winner))}
+    n_grades = len(results["start"][0].probabilities)
+    ranking = metric == "ndcg@10"
+
+    def value(idx: list[int], which: str, recs: list[Record]) -> float:
+        metrics = metrics_from_results(recs, [results[which][i] for i in idx], n_grades, ranking=ranking)
+        return float(metrics[METRICS[metric]])
+
+    units: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        units.setdefault((r.qid or r.query) if ranking else str(i), []).append(i)
+    keys = sorted(units)
+    everything = list(range(len(records)))
+    start_score, winner_score = value(everything, "start", records), value(everything, "winner", records)
+    rng = random.Random(seed)
+    gains = []
+    for _ in range(draws):
+        idx: list[int] = []
+        recs: list[Record] = []
+        for n, key in enumerate(rng.choices(keys, k=len(keys))):
+            idx.extend(units[key])
+            recs.extend(replace(records[i], qid=f"{key}#{n}") for i in units[key])
+        gains.append(value(idx, "winner", recs) - value(idx, "start", recs))
+    gains.sort()
+    return {
+        "records": len(records),
+        "start_score": start_score,
+        "winner_score": winner_score,
+        "gain": winner_score - start_score,
+        "gain_90ci": [gains[int(0.05 * draws)], gains[int(0.95 * draws) - 1]],
+        "p_better": sum(g > 0 for g in gains) / draws,
+        "draws": draws,
+    }
 
 
 def make_mutator(config: AfrlEvolveConfig) -> Mutator:
@@ -257,18 +331,38 @@ def run_evolve(
     start = Path(config.instruction_file).read_text() if config.instruction_file else DEFAULT_INSTRUCTION
     initial = [start, *(Path(p).read_text() for p in config.seed_instructions)]
     best, lineage = evolve(scorer, records, initial, mutator or make_mutator(config), config)
+    carried = best.instruction
+    note = f"dev {config.metric} {lineage['initial_score']:.4f} -> {best.score:.4f}"
+    if config.heldout_data:
+        held = subset(
+            load_sources(config.heldout_data, config.dev_fraction, config.split_seed),
+            config.max_heldout_records,
+            config.split_seed,
+        )
+        if not held:
+            raise ValueError(f"heldout_data {config.heldout_data} gave no records")
+        start_text = next(c["instruction"] for c in lineage["candidates"] if c["id"] == lineage["initial"])
+        check = heldout_check(scorer, held, start_text, best.instruction, config.metric)
+        check["confirmed"] = check["p_better"] >= config.confirm_probability
+        lineage["heldout"] = check
+        note += f"; held-out {check['start_score']:.4f} -> {check['winner_score']:.4f}"
+        note += f", p_better {check['p_better']:.2f}"
+        if not check["confirmed"]:
+            carried = start_text
+            note += f" < {config.confirm_probability}: the starting instruction is carried"
+            log.warning("the dev winner is not confirmed on held-out pairs (%s)", note)
+    lineage["carried"] = lineage["best"] if carried == best.instruction else lineage["initial"]
 
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "lineage.json").write_text(json.dumps(lineage, indent=2) + "\n")
     instruction_path = out / "instruction.txt"
-    instruction_path.write_text(best.instruction + "\n")
-    note = f"{config.metric} {lineage['initial_score']:.4f} -> {best.score:.4f}"
+    instruction_path.write_text(carried + "\n")
     next_stage = write_next_stage(config, instruction_path, out, note)
     builder = getattr(scorer, "builder", None)
     if isinstance(builder, PromptBuilder):  # a real scorer: record the winner in a manifest the next stage can check
         manifest = Manifest.for_builder(
-            PromptBuilder(builder.tokenizer, best.instruction, builder.max_query_tokens, builder.max_document_tokens),
+            PromptBuilder(builder.tokenizer, carried, builder.max_query_tokens, builder.max_document_tokens),
             GradeScale(),
             kind="evolve",
             base_model=config.model,
@@ -277,10 +371,12 @@ def run_evolve(
                 "initial_score": lineage["initial_score"],
                 "best_score": best.score,
                 "best_metrics": best.metrics,
+                "heldout": lineage.get("heldout"),
+                "carried": lineage["carried"],
                 "lineage": "lineage.json",
                 "next_stage": next_stage.name if next_stage else None,
             },
         )
         manifest.write(out)
-    log.info("best instruction %s (%s) -> %s", best.id, note, instruction_path)
+    log.info("carried instruction %s (%s) -> %s", lineage["carried"], note, instruction_path)
     return out

@@ -7,6 +7,12 @@ unweighted SFT spends ~2 % of its loss on the grade (the first SmolLM2 run learn
 collapsed to the majority grade, training/README.md).
 The LM head is applied only at completion positions: the prompt is most of every sequence and a 49k-row head
 over it is about a quarter of the forward cost on CPU, for logits the loss never reads.
+
+`listwise_grade_loss` (ListNet): for a batch of documents of one query, L_rank = -sum_i softmax(g)_i *
+log softmax(s)_i, where g_i is the gold grade and s_i = sum_k k * p_i(k) the expected grade the scorer ranks by.
+Why: pointwise SFT on ~100 queries learned the grade format and per-query priors, not which document of a pool
+is better (the balanced model ranks at chance, training/README.md); this term is exactly the within-query
+ordering that nDCG measures, read from the same forward pass (no extra compute).
 """
 
 from __future__ import annotations
@@ -34,6 +40,19 @@ def completion_nll(
     grade_weight: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(weighted mean NLL over label positions != -100, token accuracy), the head applied only where needed."""
+    loss, accuracy, _ = completion_nll_and_grade_logits(model, input_ids, attention_mask, labels, grade_weight)
+    return loss, accuracy
+
+
+def completion_nll_and_grade_logits(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    grade_weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`completion_nll` plus the full-vocabulary logits at each row's grade position (batch x vocab), so that a
+    ranking term can be added without a second forward pass."""
     decoder, head = causal_lm_parts(model)
     hidden = decoder(
         input_ids=input_ids,
@@ -47,12 +66,22 @@ def completion_nll(
     logits = head(hidden[keep]).float()
     gold = targets[keep]
     nll = F.cross_entropy(logits, gold, reduction="none")
+    # the first kept position of each row is its grade token
+    first = (keep & (keep.long().cumsum(-1) == 1))[keep]
     if grade_weight == 1.0:
         loss = nll.mean()
     else:
-        # the first kept position of each row is its grade token
-        first = keep & (keep.long().cumsum(-1) == 1)
-        weights = torch.where(first[keep], grade_weight, 1.0).to(nll.dtype)
+        weights = torch.where(first, grade_weight, 1.0).to(nll.dtype)
         loss = (weights * nll).sum() / weights.sum()
     accuracy = (logits.argmax(-1) == gold).float().mean().detach()
-    return loss, accuracy
+    return loss, accuracy, logits[first]
+
+
+def listwise_grade_loss(grade_logits: torch.Tensor, gold_grades: torch.Tensor) -> torch.Tensor:
+    """ListNet over one query's documents: grade_logits (n, K+1), gold_grades (n,) integers in 0..K."""
+    if grade_logits.shape[0] < 2:
+        raise ValueError("the listwise loss needs at least two documents of the same query")
+    grades = torch.arange(grade_logits.shape[1], dtype=torch.float32, device=grade_logits.device)
+    expected = grade_logits.float().softmax(-1) @ grades
+    target = gold_grades.float().softmax(-1)
+    return -(target * expected.log_softmax(-1)).sum()

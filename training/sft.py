@@ -57,24 +57,48 @@ def apply_lora(model: Any, config: AfrlSFTConfig) -> Any:
 
 
 def make_trainer_class() -> Any:
-    """SFTTrainer with the completion-only loss computed by `training.losses.completion_nll` (head on the
-    completion positions only), the one change this stage makes to TRL's trainer."""
+    """SFTTrainer with the completion-only loss computed by `training.losses` (head on the completion positions
+    only) and, when `ranking_loss_weight` > 0, a listwise term over each batch, whose rows are then one query's
+    documents in dataset order (`training.sources.query_groups`): the two changes this stage makes to TRL."""
+    import torch
+    from torch.utils.data import SequentialSampler
     from trl import SFTTrainer
 
-    from training.losses import completion_nll
+    from training.losses import completion_nll_and_grade_logits, listwise_grade_loss
 
     class AfrlSFTTrainer(SFTTrainer):  # type: ignore[misc]
+        args: AfrlSFTConfig
+        grade_ids: list[int]  # the grade tokens' ids, set by train_sft
+
+        def _get_train_sampler(self, train_dataset=None):  # type: ignore[no-untyped-def]
+            if self.args.ranking_loss_weight > 0:  # batches must stay the query groups they were built as
+                dataset: Any = train_dataset if train_dataset is not None else self.train_dataset
+                return SequentialSampler(dataset)
+            return super()._get_train_sampler(train_dataset)
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
-            loss, accuracy = completion_nll(
+            loss, accuracy, first_logits = completion_nll_and_grade_logits(
                 model,
                 inputs["input_ids"],
                 inputs["attention_mask"],
                 inputs["labels"],
-                grade_weight=getattr(self.args, "grade_loss_weight", 1.0),
+                grade_weight=self.args.grade_loss_weight,
             )
             mode = "train" if model.training else "eval"
             self._metrics[mode]["mean_token_accuracy"].append(accuracy.item())
+            if self.args.ranking_loss_weight > 0 and model.training:
+                rank = listwise_grade_loss(first_logits[:, self.grade_ids], self._gold_grades(inputs["labels"]))
+                self._metrics[mode]["ranking_loss"].append(rank.item())
+                loss = loss + self.args.ranking_loss_weight * rank
             return (loss, None) if return_outputs else loss
+
+        def _gold_grades(self, labels: torch.Tensor) -> torch.Tensor:
+            """The gold grade of each row: its first label token, looked up among the grade tokens."""
+            first = labels.gather(1, (labels != -100).long().argmax(-1, keepdim=True)).squeeze(1)
+            matches = first[:, None] == torch.tensor(self.grade_ids, device=labels.device)
+            if not bool(matches.any(-1).all()):
+                raise RuntimeError("a training row does not start its completion with a grade token")
+            return matches.long().argmax(-1)
 
     return AfrlSFTTrainer
 
@@ -98,7 +122,8 @@ def train_sft(config: AfrlSFTConfig) -> Path:
         max_query_tokens=config.max_query_tokens,
         max_document_tokens=config.max_document_tokens,
     )
-    records = training_records(config)
+    group = config.per_device_train_batch_size if config.ranking_loss_weight > 0 else None
+    records = training_records(config, group_size=group)
     log.info("SFT on %d records, grades %s", len(records), dict(sorted(Counter(r.grade for r in records).items())))
     train_ds = build_dataset(records, builder, scale, config.explanations)
     eval_ds = None
@@ -110,6 +135,12 @@ def train_sft(config: AfrlSFTConfig) -> Path:
     trainer = make_trainer_class()(
         model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer
     )
+    trainer.grade_ids = scale.token_ids(tokenizer)
+    if group and len(trainer.train_dataset) != len(train_ds):  # TRL drops fully truncated rows; groups would shift
+        raise ValueError(
+            f"TRL dropped {len(train_ds) - len(trainer.train_dataset)} training rows (completion truncated away), "
+            "which breaks the one-query-per-batch groups of the ranking loss: raise max_length or lower the budgets"
+        )
     out = Path(str(config.output_dir))
     last = get_last_checkpoint(str(out)) if out.is_dir() else None
     if last:

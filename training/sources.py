@@ -43,10 +43,56 @@ def load_sources(specs: Sequence[str], dev_fraction: float = 0.2, split_seed: in
     return records
 
 
-def training_records(config: AfrlDataArgs) -> list[Record]:
-    """The records a stage trains on: its `data` sources, sampled to `max_train_records` (grade-balanced if asked)."""
+def training_records(config: AfrlDataArgs, group_size: int | None = None) -> list[Record]:
+    """The records a stage trains on: its `data` sources, sampled to `max_train_records` (grade-balanced if asked).
+
+    With `group_size`, the sample is `query_groups` instead: consecutive runs of `group_size` records of one query,
+    for a listwise loss that needs each batch to be one query's documents.
+    """
     records = load_sources(config.data, config.dev_fraction, config.split_seed)
+    if group_size:
+        return query_groups(records, config.max_train_records, group_size)
     return subset(records, config.max_train_records, balance_grades=config.balance_grades)
+
+
+def query_groups(records: list[Record], n: int | None, group_size: int, seed: int = 0) -> list[Record]:
+    """Up to `n` records as consecutive groups of exactly `group_size` records sharing a query.
+
+    Within a query, records are dealt round-robin over its grades (shuffled inside each grade), so every group
+    mixes as many grades as the query has; a group with a single grade carries no ordering signal and is dropped,
+    and so is each query's ragged remainder. Groups are taken first-group-of-every-query, then second, ..., in a
+    seeded order, so a size cap keeps many queries and the grade-mixed groups rather than a few queries' leftovers.
+    """
+    if group_size < 2:
+        raise ValueError(f"group_size must be at least 2 (a listwise loss compares documents), got {group_size}")
+    rng = random.Random(seed)
+    by_query: dict[str, list[Record]] = {}
+    for r in records:
+        by_query.setdefault(r.qid or r.query, []).append(r)
+    rounds: list[list[list[Record]]] = []
+    for key in sorted(by_query):
+        by_grade: dict[int, list[Record]] = {}
+        for r in by_query[key]:
+            by_grade.setdefault(r.grade, []).append(r)
+        buckets = [rng.sample(v, len(v)) for _, v in sorted(by_grade.items())]
+        dealt = [b[i] for i in range(max(map(len, buckets))) for b in buckets if i < len(b)]
+        groups = [dealt[i : i + group_size] for i in range(0, len(dealt) - group_size + 1, group_size)]
+        for depth, group in enumerate(g for g in groups if len({r.grade for r in g}) > 1):
+            if depth == len(rounds):
+                rounds.append([])
+            rounds[depth].append(group)
+    ordered: list[list[Record]] = []
+    for same_depth in rounds:
+        ordered.extend(rng.sample(same_depth, len(same_depth)))
+    if n is not None:
+        ordered = ordered[: n // group_size]
+    if not ordered:
+        raise ValueError(
+            f"no group of {group_size} records of one query with two or more grades: lower the group size "
+            "(per_device_train_batch_size) or use data with several judged documents per query"
+        )
+    rng.shuffle(ordered)
+    return [r for group in ordered for r in group]
 
 
 def subset(records: list[Record], n: int | None, seed: int = 0, balance_grades: bool = False) -> list[Record]:
