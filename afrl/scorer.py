@@ -45,10 +45,8 @@ def grade_head(model: Any, grade_ids: Sequence[int]) -> torch.Tensor:
     return head.weight[list(grade_ids)]
 
 
-def grade_logits(
-    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, grade_ids: Sequence[int]
-) -> torch.Tensor:
-    """(batch, K+1) grade logits at the last real position, in float32."""
+def last_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(batch, hidden) final hidden state at the last real position: the vector the grade is read from."""
     out = model.model(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -56,8 +54,14 @@ def grade_logits(
         use_cache=False,
     )
     hidden = out.last_hidden_state
-    last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_real_index(attention_mask)]
-    return (last @ grade_head(model, grade_ids).T).float()
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last_real_index(attention_mask)]
+
+
+def grade_logits(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, grade_ids: Sequence[int]
+) -> torch.Tensor:
+    """(batch, K+1) grade logits at the last real position, in float32."""
+    return (last_hidden(model, input_ids, attention_mask) @ grade_head(model, grade_ids).T).float()
 
 
 @dataclass
@@ -76,17 +80,27 @@ class TorchScorer:
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else self.tokenizer.eos_token_id)
 
-    @torch.inference_mode()
     def logits_for_prompts(self, prompts: Sequence[Prompt]) -> torch.Tensor:
         """(n, K+1) grade logits; batches are formed in length order to waste little padding."""
+        return self._batched(prompts, lambda ids, mask: grade_logits(self.model, ids, mask, self.grade_ids))
+
+    def hidden_for_prompts(self, prompts: Sequence[Prompt]) -> torch.Tensor:
+        """(n, hidden) last-position hidden states in float32 (for probes: what the grade head sees)."""
+        return self._batched(prompts, lambda ids, mask: last_hidden(self.model, ids, mask).float())
+
+    @torch.inference_mode()
+    def _batched(self, prompts: Sequence[Prompt], fn: Any) -> torch.Tensor:
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].input_ids))
-        out = torch.empty((len(prompts), len(self.grade_ids)), dtype=torch.float32)
         device = next(self.model.parameters()).device
+        out: torch.Tensor | None = None
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             ids, mask = pad_batch([prompts[i].input_ids for i in idx], self.pad_id, self.padding_side)
-            out[idx] = grade_logits(self.model, ids.to(device), mask.to(device), self.grade_ids).cpu()
-        return out
+            rows = fn(ids.to(device), mask.to(device)).cpu()
+            if out is None:
+                out = torch.empty((len(prompts), rows.shape[1]), dtype=torch.float32)
+            out[idx] = rows
+        return out if out is not None else torch.empty((0, len(self.grade_ids)), dtype=torch.float32)
 
     def score(self, pairs: Sequence[tuple[str, str]], instruction: str | None = None) -> list[GradeResult]:
         if not pairs:

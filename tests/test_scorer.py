@@ -57,3 +57,16 @@ def test_rank_orders_by_score(tiny_qwen):
     ranked = scorer.rank("population of berlin", docs, top_k=3)
     assert len(ranked) == 3
     assert [s for _, s in ranked] == sorted((s for _, s in ranked), reverse=True)
+
+
+def test_hidden_states_are_what_the_grade_head_reads(tiny):
+    from afrl.scorer import grade_head
+
+    model, tok = tiny
+    scorer = TorchScorer(model, tok, PromptBuilder(tok), GradeScale(), batch_size=3)
+    prompts = scorer.builder.build_many(PAIRS)
+    hidden = scorer.hidden_for_prompts(prompts)
+    assert hidden.shape == (len(PAIRS), model.config.hidden_size)
+    with torch.no_grad():
+        via_head = hidden @ grade_head(model, scorer.grade_ids).float().T
+    torch.testing.assert_close(via_head, scorer.logits_for_prompts(prompts), atol=1e-5, rtol=1e-5)
