@@ -107,7 +107,9 @@ class AfrlStudyConfig:
     sft_coef_schedule: str = field(default="constant", metadata={"help": "mu(t) of arms with sft_coef > 0"})
     step_rewards: dict[str, float] | str | None = field(default=None, metadata={"help": "reward weights"})
     # ------------------------------------------------------------------ TREC DL
-    trec_sft_model: str = field(default="runs/sft_smollm2_trec", metadata={"help": "the Training I SFT model"})
+    trec_sft_model: str = field(
+        default="runs/sft_smollm2_trec_balanced", metadata={"help": "the Training I SFT model"}
+    )
     trec_train: list[str] = field(
         default_factory=lambda: ["trec:../shared/data/trec-dl/dl21", "trec:../shared/data/trec-dl/dl20:train"],
         metadata={"help": "RL prompts (sources)"},
@@ -454,8 +456,13 @@ def render_results(summary: dict[str, Any], config: AfrlStudyConfig) -> str:
         f"RL {c['rl_max_steps']} steps x {c['rl_prompts_per_step']} prompts x "
         f"{c['num_generations']} completions (max {c['max_completion_length']} tokens), lr {c['rl_learning_rate']}, "
         f"shared SFT model across seeds (seeds vary only RL): {c['shared_sft']}, "
-        f"KL {c['kl_coef']}, mu schedule {c['sft_coef_schedule']}. TREC: {c['trec_rl_max_steps']} RL steps from "
-        f"`{c['trec_sft_model']}`, seeds {c['trec_seeds']}. Mean ± std over seeds.",
+        f"KL {c['kl_coef']}, mu schedule {c['sft_coef_schedule']}."
+        + (
+            f" TREC: {c['trec_rl_max_steps']} RL steps from `{c['trec_sft_model']}`, seeds {c['trec_seeds']}."
+            if "trec" in c.get("datasets", ["trec"])
+            else ""
+        )
+        + " Mean ± std over seeds.",
         "",
         "| dataset | arm | seeds run | tail-rule acc | head-rule acc | macro-F1 | accuracy | nDCG@10 "
         "| nDCG@10 (judged) | grade entropy | expl. consistency |",
