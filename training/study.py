@@ -107,9 +107,7 @@ class AfrlStudyConfig:
     sft_coef_schedule: str = field(default="constant", metadata={"help": "mu(t) of arms with sft_coef > 0"})
     step_rewards: dict[str, float] | str | None = field(default=None, metadata={"help": "reward weights"})
     # ------------------------------------------------------------------ TREC DL
-    trec_sft_model: str = field(
-        default="runs/sft_smollm2_trec_balanced", metadata={"help": "the Training I SFT model"}
-    )
+    trec_sft_model: str = field(default="runs/sft_smollm2_trec_balanced", metadata={"help": "the Training I SFT model"})
     trec_train: list[str] = field(
         default_factory=lambda: ["trec:../shared/data/trec-dl/dl21", "trec:../shared/data/trec-dl/dl20:train"],
         metadata={"help": "RL prompts (sources)"},
