@@ -90,7 +90,10 @@ def test_sft_resumes_from_its_checkpoint(tiny_dir, tmp_path, caplog):
     state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3
     assert not (out / "checkpoint-1").exists()  # steps 1-2 were not trained again
-    load_verified(out)
+    manifest = load_verified(out)
+    logged = [h["loss"] for h in state["log_history"] if "loss" in h]
+    assert len(logged) == 3  # the resumed run keeps the first two steps' log
+    assert manifest.provenance["train_loss"] == pytest.approx(sum(logged) / 3)
 
 
 def test_grade_weight_weights_exactly_the_first_completion_token(tiny_qwen):

@@ -159,13 +159,20 @@ def train_sft(config: AfrlSFTConfig) -> Path:
             "data": config.data,
             "records": len(records),
             "config": {k: v for k, v in asdict(config).items() if _jsonable(v)},
-            "train_loss": result.training_loss,
+            "train_loss": logged_train_loss(trainer.state.log_history, result.training_loss),
         },
         extra={"num_layers": config.keep_layers} if config.keep_layers else {},
     )
     manifest.write(out)
     log.info("wrote %s", out)
     return out
+
+
+def logged_train_loss(history: list[dict[str, Any]], fallback: float) -> float:
+    """Mean of the losses logged over the whole run. TRL's `training_loss` covers only the steps of the last
+    `train()` call, so a resumed run would report the loss of its last few steps (or of none)."""
+    losses = [float(h["loss"]) for h in history if "loss" in h]
+    return sum(losses) / len(losses) if losses else float(fallback)
 
 
 def _jsonable(v: Any) -> bool:
