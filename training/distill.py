@@ -47,6 +47,7 @@ from afrl.scorer import TorchScorer, pad_batch
 from training.config import AfrlSFTConfig
 from training.data import Record
 from training.distill_loss import distill_loss
+from training.sft import logged_train_loss
 
 log = logging.getLogger(__name__)
 
@@ -486,7 +487,7 @@ def train_distill(config: AfrlDistillConfig) -> Path:
             "data": config.data,
             "records": len(records),
             "config": {k: v for k, v in asdict(config).items() if _jsonable(v)},
-            "train_loss": result.training_loss,
+            "train_loss": logged_train_loss(trainer.state.log_history, result.training_loss),
             "command": reproduce_command(),
         },
         extra=extra,
