@@ -50,6 +50,18 @@ def embedded_gguf_path() -> Path:
     return path
 
 
+def load_gguf_tokenizer(gguf: Path) -> Any:
+    """The tokenizer of the embedded GGUF, with the end-of-turn token the chat model really uses."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The GGUF metadata names <|im_start|> as EOS; the chat model ends its turns with <|im_end|>
+    # (as the model's own config.json says: eos_token_id 2), which generation must stop on.
+    tok.eos_token = "<|im_end|>"
+    tok.pad_token = "<|im_end|>"
+    return tok
+
+
 def embedded_base_dir() -> Path:
     """The embedded base as a Hugging Face folder, converted from the GGUF on first use (about 20 s)."""
     target = cache_dir() / EMBEDDED_NAME
@@ -57,7 +69,7 @@ def embedded_base_dir() -> Path:
     if source.is_file() and json.loads(source.read_text()).get("conversion") == CONVERSION_VERSION:
         return target
     gguf = embedded_gguf_path()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     target.parent.mkdir(parents=True, exist_ok=True)
     steps = ["tokenizer", "dequantise weights", "save"]
@@ -65,11 +77,7 @@ def embedded_base_dir() -> Path:
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
         try:
             bar.set_postfix_str(steps[0])
-            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            # The GGUF metadata names <|im_start|> as EOS; the chat model ends its turns with <|im_end|>
-            # (as the model's own config.json says: eos_token_id 2), which generation must stop on.
-            tok.eos_token = "<|im_end|>"
-            tok.pad_token = "<|im_end|>"
+            tok = load_gguf_tokenizer(gguf)
             bar.update()
             bar.set_postfix_str(steps[1])
             model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -82,25 +83,24 @@ class TorchScorer:
 
     def logits_for_prompts(self, prompts: Sequence[Prompt]) -> torch.Tensor:
         """(n, K+1) grade logits; batches are formed in length order to waste little padding."""
-        return self._batched(prompts, lambda ids, mask: grade_logits(self.model, ids, mask, self.grade_ids))
+        return self._batched(prompts, partial(grade_logits, self.model, grade_ids=self.grade_ids), len(self.grade_ids))
 
     def hidden_for_prompts(self, prompts: Sequence[Prompt]) -> torch.Tensor:
         """(n, hidden) last-position hidden states in float32 (for probes: what the grade head sees)."""
-        return self._batched(prompts, lambda ids, mask: last_hidden(self.model, ids, mask).float())
+        width = self.model.get_output_embeddings().weight.shape[1]
+        return self._batched(prompts, partial(last_hidden, self.model), width)
 
     @torch.inference_mode()
-    def _batched(self, prompts: Sequence[Prompt], fn: Any) -> torch.Tensor:
+    def _batched(self, prompts: Sequence[Prompt], fn: Any, width: int) -> torch.Tensor:
+        """(n, width) float32 rows of `fn(input_ids, attention_mask)` over length-sorted batches, in prompt order."""
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].input_ids))
+        out = torch.empty((len(prompts), width), dtype=torch.float32)
         device = next(self.model.parameters()).device
-        out: torch.Tensor | None = None
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             ids, mask = pad_batch([prompts[i].input_ids for i in idx], self.pad_id, self.padding_side)
-            rows = fn(ids.to(device), mask.to(device)).cpu()
-            if out is None:
-                out = torch.empty((len(prompts), rows.shape[1]), dtype=torch.float32)
-            out[idx] = rows
-        return out if out is not None else torch.empty((0, len(self.grade_ids)), dtype=torch.float32)
+            out[idx] = fn(ids.to(device), mask.to(device)).cpu()
+        return out
 
     def score(self, pairs: Sequence[tuple[str, str]], instruction: str | None = None) -> list[GradeResult]:
         if not pairs:

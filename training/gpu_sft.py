@@ -41,13 +41,12 @@ def prepare(out: Path, sources: list[str], max_records: int | None, balance: boo
 
 def load_gguf(gguf: Path, dtype: Any) -> tuple[Any, Any]:
     """Model and tokenizer from the GGUF file, as `afrl.models.embedded_base_dir` converts them."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tok.eos_token = "<|im_end|>"
-    tok.pad_token = "<|im_end|>"
+    from afrl.models import load_gguf_tokenizer
+
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
-    return model, tok
+    return model, load_gguf_tokenizer(gguf)
 
 
 def train(args: argparse.Namespace) -> Path:
