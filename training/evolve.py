@@ -320,11 +320,14 @@ def run_evolve(
 
     if scorer is None:
         scorer = load_scorer(config.model, batch_size=config.batch_size)
-    records = subset(
-        load_sources(config.dev_data, config.dev_fraction, config.split_seed), config.max_dev_records, config.split_seed
-    )
-    if not records:
-        raise ValueError(f"dev_data {config.dev_data} gave no records")
+
+    def sample(specs: list[str], n: int | None, name: str) -> list[Record]:
+        records = subset(load_sources(specs, config.dev_fraction, config.split_seed), n, config.split_seed)
+        if not records:
+            raise ValueError(f"{name} {specs} gave no records")
+        return records
+
+    records = sample(config.dev_data, config.max_dev_records, "dev_data")
     log.info(
         "evolving on %d dev records, rules/grades %s", len(records), dict(Counter(r.rule or r.grade for r in records))
     )
@@ -334,13 +337,7 @@ def run_evolve(
     carried = best.instruction
     note = f"dev {config.metric} {lineage['initial_score']:.4f} -> {best.score:.4f}"
     if config.heldout_data:
-        held = subset(
-            load_sources(config.heldout_data, config.dev_fraction, config.split_seed),
-            config.max_heldout_records,
-            config.split_seed,
-        )
-        if not held:
-            raise ValueError(f"heldout_data {config.heldout_data} gave no records")
+        held = sample(config.heldout_data, config.max_heldout_records, "heldout_data")
         start_text = next(c["instruction"] for c in lineage["candidates"] if c["id"] == lineage["initial"])
         check = heldout_check(scorer, held, start_text, best.instruction, config.metric)
         check["confirmed"] = check["p_better"] >= config.confirm_probability
