@@ -82,10 +82,11 @@ class AfrlSFTConfig(SFTConfig, AfrlDataArgs):
         if self.ranking_loss_weight > 0 and self.per_device_train_batch_size < 2:
             raise ValueError("ranking_loss_weight > 0 needs per_device_train_batch_size >= 2 (documents per query)")
         self.completion_only_loss = True
-        if self.bf16 is None:  # TRL would turn bf16 on everywhere; on a CPU without AMX it is emulated and slow
-            from afrl.hardware import bf16_is_fast
+        # TRL turns an unset bf16 on everywhere (emulated and slow on a CPU without AMX / AVX512-BF16), and
+        # TrainingArguments refuses bf16 without a GPU unless use_cpu is set: afrl.hardware picks both
+        from afrl.hardware import training_precision
 
-            self.bf16 = bf16_is_fast()
+        self.bf16, self.use_cpu = training_precision(self.bf16, self.use_cpu or self.no_cuda, fp16=self.fp16)
         super().__post_init__()
 
 
