@@ -1,12 +1,17 @@
-"""`afrl bench`: measure answer-first speed, backends, roofline, prefix reuse, the service, production size, memory.
+"""`afrl bench`: answer-first speed, backends, roofline, prefix reuse, the service, production size, memory, the
+default model against the previous one, and a /rerank of 100 documents.
 
     afrl bench --model default-base --json bench/results/cpu.json --markdown BENCHMARKS.md
+    afrl bench --model default --skip backends answer_first roofline prefix service qwen3 --json /tmp/m.json
     afrl bench --model PATH --quick --json /tmp/bench.json            # seconds on a tiny model: code paths only
     afrl bench --from-json bench/results/cpu.json --markdown BENCHMARKS.md   # re-render the Markdown only
 
 The ONNX exports it needs are built once into the cache (`--cache-dir`, default ~/.cache/afrl/bench); prepare
 them ahead with `python -m bench.prepare --model default-base`. Exit status 1 when an item failed (the others
 are still measured and written); never because of a figure.
+
+The second command runs items 8 and 9 only (no exports needed): `--model` against the `--compare` models
+(default: the previous default, afrl/shipped/sft-smollm2-trec-balanced) and a /rerank of 100 documents served.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.runner import ITEMS
+from bench.runner import HEADLINES, ITEMS
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +41,18 @@ def register(sub: Any) -> None:
     p.add_argument("--json", type=Path, default=None, help="write the results here (required unless --from-json)")
     p.add_argument("--markdown", type=Path, default=None, help="also write the Markdown report (e.g. BENCHMARKS.md)")
     p.add_argument("--from-json", type=Path, default=None, help="render --markdown from this JSON; measure nothing")
-    p.add_argument("--gpu-json", type=Path, default=None, help="GPU results for section 8 (default: gpu.json beside)")
+    p.add_argument("--gpu-json", type=Path, default=None, help="GPU results for section 10 (default: gpu.json beside)")
     p.add_argument("--cache-dir", type=Path, default=None, help="where the exports are kept (~/.cache/afrl/bench)")
     p.add_argument("--threads", type=int, default=None, help="torch and onnxruntime threads (default: all cores)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per figure (default 3, quick 2)")
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        default=None,
+        metavar="SPEC",
+        help="models the `models` item measures --model against; the first gives default_speedup_vs_previous "
+        "(default: the previous default, afrl/shipped/sft-smollm2-trec-balanced)",
+    )
     p.add_argument("--skip", nargs="*", default=[], choices=ITEMS, help="items to leave out")
     p.set_defaults(func=run)
 
@@ -52,6 +65,8 @@ def command_line(args: argparse.Namespace) -> str:
         value = getattr(args, flag)
         if value is not None:
             parts += ["--" + flag.replace("_", "-"), str(value)]
+    if args.compare:
+        parts += ["--compare", *args.compare]
     if args.skip:
         parts += ["--skip", *args.skip]
     return shlex.join(parts)
@@ -77,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["threads"] = args.threads
     if args.repeats:
         overrides["repeats"] = args.repeats
+    if args.compare:
+        overrides["compare"] = tuple(args.compare)
     cfg = BenchConfig.quick_for(**overrides) if args.quick else BenchConfig(**overrides)
     result = run_bench(cfg, command_line(args))
     args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -85,8 +102,7 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown is not None:
         write_markdown(args.json, args.markdown, args.gpu_json)
         print(f"wrote {args.markdown}")
-    for key in ("answer_first_speedup", "best_backend_speedup_b32", "roofline_fraction", "prefix_reuse_speedup",
-                "batching_speedup_c32", "http_overhead_ms_c1", "qwen3_0p6b_pairs_per_s", "server_rss_mb"):  # fmt: skip
+    for key in HEADLINES:
         print(f"{key}: {result.get(key)}")
     if result["errors"]:
         print("failed items: " + ", ".join(result["errors"]), file=sys.stderr)

@@ -7,6 +7,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from afrl.models import SHIPPED_DIR
+
+PREVIOUS_DEFAULT = str(SHIPPED_DIR / "sft-smollm2-trec-balanced")
+"""The default model before the layer-cut student (a 30-layer SmolLM2-135M adapter): what `models` compares with."""
+
 
 @dataclass
 class BenchConfig:
@@ -31,8 +36,16 @@ class BenchConfig:
     service_prompt_tokens: int = 200
     qwen3_batch: int = 32
     qwen3_tokens: int = 256
+    compare: tuple[str, ...] = (PREVIOUS_DEFAULT,)
+    """Models the `models` item measures against `model` (the first one gives `default_speedup_vs_previous`)."""
+    rerank_documents: int = 100
+    """Documents per query in `models` and per /rerank request in `rerank100`."""
+    document_chars: tuple[int, int] = (350, 450)
+    """Their length in characters (MS MARCO passages)."""
+    rerank_requests: int = 12
+    """Sequential timed /rerank requests (after `warmup` untimed ones)."""
     skip: tuple[str, ...] = ()
-    """Items to leave out: answer_first, backends, roofline, prefix, service, qwen3."""
+    """Items to leave out: answer_first, backends, roofline, prefix, service, qwen3, models, rerank100."""
 
     @classmethod
     def quick_for(cls, **kw: Any) -> BenchConfig:
@@ -42,7 +55,7 @@ class BenchConfig:
         base: dict[str, Any] = dict(
             quick=True, warmup=1, repeats=2, budget_s=5.0, batch=32, prompt_tokens=224, explanation_tokens=8,
             prefix_documents=12, prefix_instruction_tokens=220, prefix_prompt_tokens=340, service_seconds=1.0,
-            service_prompt_tokens=224, qwen3_batch=4, qwen3_tokens=32,
+            service_prompt_tokens=224, qwen3_batch=4, qwen3_tokens=32, rerank_requests=3,
         )  # fmt: skip
         base.update(kw)
         return cls(**base)
@@ -52,4 +65,6 @@ class BenchConfig:
         data["cache_dir"] = str(self.cache_dir) if self.cache_dir else None
         data["service_concurrency"] = list(self.service_concurrency)
         data["skip"] = list(self.skip)
+        data["compare"] = list(self.compare)
+        data["document_chars"] = list(self.document_chars)
         return data

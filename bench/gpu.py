@@ -163,7 +163,7 @@ def run(cfg: BenchConfig, command: str) -> dict[str, Any]:
         config_model = load_model(cfg.model)[0]
         bench.item("roofline", lambda: roofline.bench_roofline(cfg, backends, answer, config_model))
     bench.item("qwen3", lambda: qwen3_trt(cfg, qwen3_export(cache, cfg.threads, cfg.quick), trt_cache))
-    for item in ("service",):
+    for item in ("service", "models", "rerank100"):
         bench.items[item] = {"skipped": True, "reason": "the GPU script covers items 1-4 and 6"}
     return bench.finish(time.perf_counter() - started)
 

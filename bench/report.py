@@ -21,6 +21,8 @@ LABELS = {
     "http_overhead_ms_c1": "5. HTTP overhead at concurrency 1 (ms)",
     "qwen3_0p6b_pairs_per_s": "6. Qwen3-0.6B architecture, pairs/s",
     "server_rss_mb": "7. Server peak RSS (MB)",
+    "default_speedup_vs_previous": "8. Default model over the previous default (pairs/s)",
+    "rerank100_p50_s": "9. /rerank of 100 documents over HTTP, p50 (s)",
 }
 
 
@@ -72,8 +74,9 @@ def machine_section(data: dict[str, Any]) -> str:
 
 def summary_section(data: dict[str, Any]) -> str:
     rows = []
-    for key in HEADLINES:
-        t = data.get("targets", {}).get(key, {})
+    for key, (_, op, goal) in HEADLINES.items():
+        # A JSON from before a headline existed has no entry for it: its target is still the current one.
+        t = data.get("targets", {}).get(key, {"comparison": op, "target": goal})
         target = f"{t['comparison']} {fmt(t['target'])}" if t.get("target") is not None else "none set"
         rows.append([LABELS[key], f"`{key}`", fmt(data.get(key)), target, fmt(t.get("met"))])
     return table(["figure", "JSON key", "measured", "target", "met"], rows)
@@ -235,6 +238,73 @@ def memory_section(item: dict[str, Any]) -> str:
     )
 
 
+def models_section(item: dict[str, Any]) -> str:
+    main = item["models"][0]
+    rows = []
+    for i, m in enumerate(item["models"]):
+        rows.append(
+            [
+                f"`{m['spec']}`" + (" (--model)" if i == 0 else ""),
+                f"`{m['folder']}`",
+                m["layers"],
+                f"{fmt(m['parameters'] / 1e6)} M",
+                m["dtype"],
+                m["prompt_tokens_mean"],
+                m["pairs_per_s"],
+                m["timing"]["repeats"],
+                "-" if i == 0 else m["model_speedup"],
+            ]
+        )
+    c = item["document_chars"]
+    same = [m["spec"] for m in item["models"][1:] if m["folder"] == main["folder"]]
+    note = (
+        f" **`{main['spec']}` is the same folder as {', '.join(f'`{s}`' for s in same)}**: that ratio shows only "
+        "the noise of the measurement."
+        if same
+        else ""
+    )
+    return (
+        f"The same workload for every model: one query (`{item['query']}`) with {item['documents']} documents of "
+        f"{c['min']}-{c['max']} characters (mean {fmt(c['mean'])}, MS MARCO passage length), each model under its "
+        "own contract (prompts built once, not timed). Each model is loaded as `afrl serve` loads it and scored by "
+        f"the service's torch backend, plain path, in {item['dtype']} (what `--dtype auto` picks here; native bf16: "
+        f"{fmt(item['native_bf16'])}), in passes of {item['pass_size']} documents (the service's `max_batch_pairs`). "
+        f"Speed-up = `{main['spec']}` pairs/s over the row's; the first compared model gives "
+        "`default_speedup_vs_previous`. The models are measured one after the other, so a change of load between "
+        f"them moves the ratio.{note}\n\n"
+        + table(
+            ["model", "folder", "layers", "parameters", "dtype", "prompt tokens", "pairs/s", "repeats", "speed-up"],
+            rows,
+        )
+    )
+
+
+def rerank_section(item: dict[str, Any]) -> str:
+    c = item["document_chars"]
+    return (
+        f"`afrl serve --model {item['served_model']}` in its own process ({item['served_backend']} backend, "
+        f"{item['dtype']}, the service defaults: dynamic batching with `max_batch_pairs` {item['max_batch_pairs']}, "
+        f"prefix reuse). {item['requests']} sequential requests after {item['warmup_requests']} warm-up, each "
+        f"{item['request']} of {c['min']}-{c['max']} characters (mean {fmt(c['mean'])}, about "
+        f"{fmt(item['prompt_tokens_per_document'])} prompt tokens per document), different documents in every "
+        "request. Latency is end to end at the client (httpx in the benchmark process): body encoding, HTTP, "
+        "tokenisation, scoring, the response.\n\n"
+        + table(
+            ["p50 s", "p90 s", "max s", "server inference ms (p50)", "server queue ms (p50)", "server peak RSS MB"],
+            [
+                [
+                    item["p50_s"],
+                    item["p90_s"],
+                    item["max_s"],
+                    item["server_inference_ms_p50"],
+                    item["server_queue_ms_p50"],
+                    item["peak_rss_mb"],
+                ]
+            ],
+        )
+    )
+
+
 SECTIONS = [
     ("answer_first", "1. Answer-first against reason-first", answer_first_section),
     ("backends", "2. Backends", backends_section),
@@ -243,6 +313,8 @@ SECTIONS = [
     ("service", "5. Service under load", service_section),
     ("qwen3", "6. Production size", qwen3_section),
     ("service", "7. Server memory", memory_section),
+    ("models", "8. Default model against the previous default", models_section),
+    ("rerank100", "9. /rerank of 100 documents", rerank_section),
 ]
 
 
@@ -266,7 +338,7 @@ def items_markdown(data: dict[str, Any], level: str = "##", only_measured: bool 
 
 
 def gpu_section(gpu: dict[str, Any] | None) -> list[str]:
-    out = ["## 8. GPU (CUDA and TensorRT, fp16)\n"]
+    out = ["## 10. GPU (CUDA and TensorRT, fp16)\n"]
     if gpu is None:
         out.append(
             "**Not run.** `bench/gpu.py` runs items 1-4 and 6 with onnxruntime's CUDA and TensorRT execution "

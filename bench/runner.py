@@ -1,4 +1,7 @@
-"""One benchmark run: prepare the exports, run items 1-7 in order, and collect one JSON-ready dict.
+"""One benchmark run: prepare the exports, run items 1-9 in order, and collect one JSON-ready dict.
+
+When every item that needs the exports and the loaded backends (1-7) is skipped, neither is prepared: `--skip`
+of those leaves a run of `models` and `rerank100` only, which load their own models.
 
 An item that fails is recorded with its error (and its headline keys set to null) and the others still run, so
 one broken piece does not hide the rest; the command then exits non-zero. Nothing here compares a figure with
@@ -34,8 +37,12 @@ HEADLINES: dict[str, tuple[str, str | None, float | None]] = {
     "http_overhead_ms_c1": ("service", None, None),
     "qwen3_0p6b_pairs_per_s": ("qwen3", None, None),
     "server_rss_mb": ("service", "<=", 1500.0),
+    "default_speedup_vs_previous": ("models", ">=", 5.0),
+    "rerank100_p50_s": ("rerank100", "<=", 2.0),
 }
-ITEMS = ("backends", "answer_first", "roofline", "prefix", "service", "qwen3")
+CORE_ITEMS = ("backends", "answer_first", "roofline", "prefix", "service", "qwen3")
+"""The items that share the ONNX exports and the torch backends of `--model` loaded at the start."""
+ITEMS = (*CORE_ITEMS, "models", "rerank100")
 
 
 def target_met(value: float | None, op: str | None, target: float | None) -> bool | None:
@@ -98,8 +105,8 @@ class Run:
 def run(cfg: BenchConfig, command: str = "afrl bench") -> dict[str, Any]:
     import torch
 
-    from bench import prefix, roofline, scoring, service_load
-    from bench.prepare import default_cache_dir, onnx_export, qwen3_export
+    from bench import models, rerank
+    from bench.prepare import default_cache_dir
 
     torch.set_num_threads(cfg.threads)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request would flood the log
@@ -107,6 +114,22 @@ def run(cfg: BenchConfig, command: str = "afrl bench") -> dict[str, Any]:
     run = Run(cfg, command)
     cache = Path(cfg.cache_dir or default_cache_dir())
     cache.mkdir(parents=True, exist_ok=True)
+
+    if all(name in cfg.skip for name in CORE_ITEMS):
+        run.items["prepare"] = {"skipped": True, "reason": "every item that needs the exports is skipped"}
+        run.items.update({name: {"skipped": True} for name in CORE_ITEMS})
+    else:
+        core_items(run, cfg, cache)
+    gc.collect()  # the backends of items 1-7 are gone; items 8 and 9 load their own models
+    run.item("models", lambda: models.bench_models(cfg))
+    run.item("rerank100", lambda: rerank.bench_rerank(cfg, cache))
+    return run.finish(time.perf_counter() - started)
+
+
+def core_items(run: Run, cfg: BenchConfig, cache: Path) -> None:
+    """Items 1-7: the exports of `--model`, its backends loaded once, then each item in turn."""
+    from bench import prefix, roofline, scoring, service_load
+    from bench.prepare import onnx_export, qwen3_export
 
     prep = run.item("prepare", lambda: {"onnx_dir": str(onnx_export(cfg.model, cache, cfg.threads))})
     onnx_dir = Path(prep["onnx_dir"]) if prep else None
@@ -124,7 +147,12 @@ def run(cfg: BenchConfig, command: str = "afrl bench") -> dict[str, Any]:
         run.item("answer_first", lambda: scoring.bench_answer_first(cfg, fp32, builder, answer))
         run.item("roofline", lambda: roofline.bench_roofline(cfg, backends, answer, fp32.scorer.model))
     else:
-        run.errors.setdefault("answer_first", "needs the backends item")
+        for name in ("answer_first", "roofline"):
+            if name in cfg.skip:
+                run.items[name] = {"skipped": True}
+            else:
+                run.errors.setdefault(name, "needs the backends item")
+                run.items[name] = {"error": run.errors[name]}
     best = answer["best_backend_b32"] if answer else "torch-fp32"
     run.item("prefix", lambda: prefix.bench_prefix(cfg, fp32.scorer))
 
@@ -153,4 +181,3 @@ def run(cfg: BenchConfig, command: str = "afrl bench") -> dict[str, Any]:
         return bench_qwen3(cfg, folder, best)
 
     run.item("qwen3", qwen3)
-    return run.finish(time.perf_counter() - started)

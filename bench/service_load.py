@@ -55,11 +55,14 @@ def vm_hwm_mb(pid: int) -> float | None:
 class Server:
     """`afrl serve` in a subprocess; its log goes to a file so a full pipe can never stall it."""
 
-    def __init__(self, model: str, backend: str, dtype: str, threads: int, max_batch_pairs: int, log_path: Path):
+    def __init__(
+        self, model: str, backend: str, dtype: str, threads: int, max_batch_pairs: int, log_path: Path,
+        env: dict[str, str] | None = None,
+    ):  # fmt: skip
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        env = {**os.environ, "AFRL_LOG_LEVEL": "warning"}
+        env = {**os.environ, "AFRL_LOG_LEVEL": "warning", **(env or {})}
         self.cmd = [
             sys.executable, "-m", "afrl.cli", "serve", "--model", model, "--backend", backend, "--port",
             str(self.port), "--threads", str(threads), "--max-batch-pairs", str(max_batch_pairs), "--dtype", dtype,

@@ -60,6 +60,26 @@ def documents(n: int, chars: int, seed: int = 0) -> list[str]:
     return out
 
 
+RERANK_QUERY = "symptoms of vitamin d deficiency"
+
+
+def passages(n: int, chars: tuple[int, int], seed: int = 0) -> list[str]:
+    """n different documents of `chars[0]` to `chars[1]` characters (cut at a word boundary when longer)."""
+    low, high = chars
+    out = []
+    for doc in documents(n, low + 1, seed):  # joined with spaces: at least `low` characters
+        if len(doc) > high:
+            cut = doc.rfind(" ", low, high + 1)
+            doc = doc[: cut if cut >= low else high]
+        out.append(doc)
+    return out
+
+
+def rerank_pairs(n: int, chars: tuple[int, int], seed: int = 0) -> list[tuple[str, str]]:
+    """A rerank request's shape: one query with n passages (MS MARCO length: `BenchConfig.document_chars`)."""
+    return [(RERANK_QUERY, d) for d in passages(n, chars, seed)]
+
+
 def pairs(n: int, doc_chars: int, seed: int = 0, one_query: str | None = None) -> list[tuple[str, str]]:
     docs = documents(n, doc_chars, seed)
     return [(one_query or _QUERIES[i % len(_QUERIES)], d) for i, d in enumerate(docs)]

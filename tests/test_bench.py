@@ -13,15 +13,17 @@ from pathlib import Path
 import pytest
 
 from afrl.cli import main
-from bench import report
-from bench.runner import HEADLINES, target_met
+from bench import models, report, workload
+from bench.config import BenchConfig
+from bench.runner import CORE_ITEMS, HEADLINES, target_met
 from bench.timing import measure, percentile
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results" / "cpu.json"
+NEW_HEADLINES = ("default_speedup_vs_previous", "rerank100_p50_s")  # newer than the committed cpu.json may be
 
 
-def _check_headlines(data: dict) -> None:
-    for key in HEADLINES:
+def _check_headlines(data: dict, keys: tuple[str, ...] | None = None) -> None:
+    for key in HEADLINES if keys is None else keys:
         value = data[key]
         assert isinstance(value, int | float) and not isinstance(value, bool), f"{key} = {value!r}"
         assert math.isfinite(value), key
@@ -35,8 +37,10 @@ def test_quick_bench_writes_every_key_and_the_markdown(tmp_path: Path) -> None:
     from afrl.testing import save_tiny_model
 
     model = save_tiny_model(tmp_path / "tiny")
+    previous = save_tiny_model(tmp_path / "tiny-deeper", seed=1, num_layers=4)  # not the real previous default
     out, md = tmp_path / "bench.json", tmp_path / "BENCHMARKS.md"
-    argv = ["bench", "--model", str(model), "--quick", "--json", str(out), "--markdown", str(md)]
+    argv = ["bench", "--model", str(model), "--compare", str(previous), "--quick", "--json", str(out)]
+    argv += ["--markdown", str(md)]
     rc = main([*argv, "--cache-dir", str(tmp_path / "cache"), "--threads", "1"])
     data = json.loads(out.read_text())
     assert rc == 0, data["errors"]
@@ -71,7 +75,7 @@ def _results() -> dict:
 
 def test_markdown_renders_from_the_committed_json(tmp_path: Path) -> None:
     data = _results()
-    _check_headlines(data)
+    _check_headlines(data, tuple(k for k in HEADLINES if k not in NEW_HEADLINES or k in data))
     md = tmp_path / "B.md"
     assert main(["bench", "--from-json", str(RESULTS), "--markdown", str(md), "--gpu-json", str(tmp_path / "no")]) == 0
     text = md.read_text()
@@ -111,3 +115,91 @@ def test_percentile_and_targets() -> None:
     assert target_met(25.0, ">=", 20.0) is True
     assert target_met(1600.0, "<=", 1500.0) is False
     assert target_met(1.0, None, None) is None and target_met(None, ">=", 1.0) is None
+
+
+def test_models_and_rerank100_on_tiny_models(tmp_path: Path) -> None:
+    """Items 8 and 9 alone (every other item skipped: no exports, no backends of items 1-7), on two tiny models."""
+    from afrl.testing import save_tiny_model
+
+    model = save_tiny_model(tmp_path / "tiny")
+    previous = save_tiny_model(tmp_path / "tiny-deeper", seed=1, num_layers=4)
+    out, md, cache = tmp_path / "bench.json", tmp_path / "BENCHMARKS.md", tmp_path / "cache"
+    argv = ["bench", "--model", str(model), "--compare", str(previous), "--quick", "--json", str(out)]
+    argv += ["--markdown", str(md), "--cache-dir", str(cache), "--threads", "1", "--skip", *CORE_ITEMS]
+    rc = main(argv)
+    data = json.loads(out.read_text())
+    assert rc == 0, data["errors"]
+    assert data["errors"] == {}
+    _check_headlines(data, NEW_HEADLINES)
+    assert "--compare" in data["command"]
+    assert data["items"]["prepare"]["skipped"] and all(data["items"][k] == {"skipped": True} for k in CORE_ITEMS)
+    assert not any(p.is_dir() for p in cache.iterdir())  # nothing exported
+
+    item = data["items"]["models"]
+    dtype = models.service_dtype()
+    assert item["dtype"] == dtype and item["documents"] == 100 and item["pass_size"] == 32
+    assert 350 <= item["document_chars"]["min"] <= item["document_chars"]["max"] <= 450
+    main_row, deeper = item["models"]
+    assert [main_row["spec"], deeper["spec"]] == [str(model), str(previous)]
+    assert [main_row["layers"], deeper["layers"]] == [2, 4]
+    assert {main_row["dtype"], deeper["dtype"]} == {"bfloat16" if dtype == "bf16" else "float32"}
+    for row in item["models"]:
+        assert row["pairs_per_s"] > 0 and row["timing"]["items"] == 100 and row["timing"]["repeats"] >= 1
+    assert deeper["model_speedup"] == pytest.approx(main_row["pairs_per_s"] / deeper["pairs_per_s"], rel=1e-2)
+    assert data["default_speedup_vs_previous"] == deeper["model_speedup"]
+
+    rr = data["items"]["rerank100"]
+    assert rr["requests"] == 3 and rr["documents"] == 100 and len(rr["latencies_s"]) == 3
+    assert 0 < rr["p50_s"] <= rr["p90_s"] <= rr["max_s"] == max(rr["latencies_s"])
+    assert data["rerank100_p50_s"] == rr["p50_s"] == pytest.approx(percentile(rr["latencies_s"], 50), abs=1e-3)
+    assert 350 <= rr["document_chars"]["min"] <= rr["document_chars"]["max"] <= 450
+    assert rr["prompt_tokens_per_document"] > 0 and rr["dtype"] == dtype
+
+    text = md.read_text()
+    assert "## 8. Default model against the previous default" in text and "## 9. /rerank of 100 documents" in text
+    assert "`default_speedup_vs_previous`" in text and "`rerank100_p50_s`" in text
+    assert "3 sequential requests" in text and "one query with 100 documents" in text
+    assert f"| {report.fmt(deeper['model_speedup'])} |" in text and "## 2. Backends\n\nNot measured" in text
+
+
+def test_models_ratio_comes_from_the_measured_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    measured = {"student": 250.0, "previous": 50.0, "other": 100.0}
+
+    def fake(cfg: BenchConfig, spec: str, pairs: list, pass_size: int) -> dict:
+        assert len(pairs) == 100 and len({q for q, _ in pairs}) == 1 and pass_size == 32
+        return {"spec": spec, "pairs_per_s": measured[spec]}
+
+    monkeypatch.setattr(models, "measure_model", fake)
+    out = models.bench_models(BenchConfig(model="student", compare=("previous", "other")))
+    assert [r["model_speedup"] for r in out["models"][1:]] == [5.0, 2.5]
+    assert out["default_speedup_vs_previous"] == 5.0 and "model_speedup" not in out["models"][0]
+    measured["previous"] = 125.0
+    out = models.bench_models(BenchConfig(model="student", compare=("previous",)))
+    assert out["default_speedup_vs_previous"] == 2.0
+
+
+def test_rerank_passages_have_ms_marco_length() -> None:
+    docs = workload.passages(100, (350, 450))
+    assert len(set(docs)) == 100 and all(350 <= len(d) <= 450 for d in docs)
+    assert all(q == workload.RERANK_QUERY for q, _ in workload.rerank_pairs(5, (350, 450)))
+
+
+def test_summary_shows_new_targets_for_an_older_json() -> None:
+    data = {"machine": {}, "targets": {}, "items": {}, "command": "afrl bench", "created_utc": "now"}
+    rows = report.summary_section(data)
+    assert "| `default_speedup_vs_previous` | n/a | >= 5 | n/a |" in rows
+    assert "| `rerank100_p50_s` | n/a | <= 2 | n/a |" in rows
+    text = report.render(data)
+    assert "## 8. Default model against the previous default\n\nNot measured in this run." in text
+
+
+def test_models_section_says_when_the_model_is_the_compared_folder() -> None:
+    row = {"folder": "afrl/shipped/x", "layers": 30, "parameters": 134_515_008, "dtype": "bfloat16",
+           "prompt_tokens_mean": 180.0, "pairs_per_s": 20.0, "timing": {"repeats": 3}}  # fmt: skip
+    models_rows = [{**row, "spec": "default"}, {**row, "spec": "afrl/shipped/x", "model_speedup": 1.0}]
+    item = {"query": "q", "documents": 100, "document_chars": {"min": 350, "max": 449, "mean": 400.0},
+            "dtype": "bf16", "native_bf16": True, "pass_size": 32, "models": models_rows}  # fmt: skip
+    text = report.models_section(item)
+    assert "**`default` is the same folder as `afrl/shipped/x`**" in text and "| 30 | 135 M | bfloat16 |" in text
+    item["models"][1]["folder"] = "afrl/shipped/y"
+    assert "same folder" not in report.models_section(item)
