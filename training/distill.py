@@ -56,7 +56,13 @@ log = logging.getLogger(__name__)
 class AfrlDistillConfig(AfrlSFTConfig):
     """Distillation of a teacher into a smaller student (LoRA fields as in SFT; `keep_layers` is not used)."""
 
-    teacher: str = field(default="", metadata={"help": "teacher model: a folder (adapter or full), `default`, hub id"})
+    teacher: str = field(
+        default="",
+        metadata={
+            "help": "teacher: an AFRL model (folder, `default`, hub id), `minilm` (the embedded bi-encoder), a "
+            "sentence-transformers bi-/cross-encoder folder, or a Cohere-compatible /rerank URL"
+        },
+    )
     student_layers: list[int] | None = field(
         default=None, metadata={"help": "teacher (or student_model) layers the student keeps, in order"}
     )
@@ -76,6 +82,19 @@ class AfrlDistillConfig(AfrlSFTConfig):
     cache_only: bool = field(default=False, metadata={"help": "write the teacher cache and stop (a separate job)"})
     report_records: int = field(default=0, metadata={"help": "dev pairs for the teacher-vs-student report (0: none)"})
     report_trec_queries: int = field(default=0, metadata={"help": "dev TREC queries reranked for nDCG@10 (0: none)"})
+    # Teachers that are not AFRL models (training.teachers, training.distill_pool): data is one `pool:DIR`.
+    pool_config: str | None = field(
+        default=None, metadata={"help": "pool YAML (training.pools) to build `pool:DIR` when it has no pool yet"}
+    )
+    group_size: int = field(default=8, metadata={"help": "candidates per query group in a pool (batch = groups)"})
+    listwise_weight: float = field(default=1.0, metadata={"help": "weight of the listwise KL over each query group"})
+    listwise_temperature: float = field(default=0.1, metadata={"help": "tau of the listwise KL (scores in [0, 1])"})
+    explanation_share: float = field(
+        default=0.1, metadata={"help": "share of pool pairs trained with an explanation (the NLL term)"}
+    )
+    time_budget_minutes: float | None = field(
+        default=None, metadata={"help": "stop (and save a checkpoint) after this many minutes; rerun to resume"}
+    )
 
     def __post_init__(self) -> None:
         if not self.teacher:
@@ -92,6 +111,18 @@ class AfrlDistillConfig(AfrlSFTConfig):
             raise ValueError(f"teacher_dtype {self.teacher_dtype!r}: use auto, float32, bfloat16 or float16")
         if self.explanation_max_tokens < 1:
             raise ValueError("explanation_max_tokens must be >= 1")
+        from training.teachers import teacher_kind
+
+        if teacher_kind(self.teacher) != "afrl":
+            if self.per_device_train_batch_size % self.group_size:
+                raise ValueError(
+                    f"per_device_train_batch_size {self.per_device_train_batch_size} must be a multiple of "
+                    f"group_size {self.group_size}: a batch is whole query groups"
+                )
+            if not 0.0 <= self.explanation_share <= 1.0:
+                raise ValueError("explanation_share must be in [0, 1]")
+            if self.listwise_temperature <= 0:
+                raise ValueError("listwise_temperature must be > 0")
         super().__post_init__()
         self.remove_unused_columns = False  # the collator needs the teacher-logit column the model never sees
 
@@ -400,7 +431,12 @@ def train_distill(config: AfrlDistillConfig) -> Path:
 
     from afrl.models import load_model, resolve
     from training.sources import training_records
+    from training.teachers import teacher_kind
 
+    if teacher_kind(config.teacher) != "afrl":  # a bi-/cross-encoder or a /rerank URL: through a calibrated pool
+        from training.distill_pool import train_from_pool
+
+        return train_from_pool(config)
     teacher_path = resolve(config.teacher)
     tokenizer = AutoTokenizer.from_pretrained(_tokenizer_folder(teacher_path))
     scale = GradeScale()

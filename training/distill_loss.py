@@ -34,6 +34,41 @@ def grade_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempera
     return kl * t * t
 
 
+def student_forward(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    grade_pos: torch.Tensor,
+    grade_ids: Sequence[int],
+    with_nll: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(student grade logits (batch, K+1) at `grade_pos`, mean NLL over the label positions != -100).
+
+    One decoder pass; the LM head is applied only to the grade rows at the grade position and to the labelled
+    positions. The NLL is 0 when `with_nll` is off or no row has a label.
+    """
+    decoder, head = causal_lm_parts(model)
+    out = decoder(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    )
+    hidden = out.last_hidden_state
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    grade_rows = head.weight[list(grade_ids)]
+    student_logits = (hidden[rows, grade_pos] @ grade_rows.T).float()
+    targets = labels[:, 1:]
+    keep = targets != -100
+    if with_nll and bool(keep.any()):
+        logits = head(hidden[:, :-1][keep]).float()
+        nll = F.cross_entropy(logits, targets[keep])
+    else:  # grade-only distillation, or a batch whose explanations are all empty
+        nll = torch.zeros((), device=hidden.device)
+    return student_logits, nll
+
+
 def distill_loss(
     model: Any,
     input_ids: torch.Tensor,
@@ -49,24 +84,9 @@ def distill_loss(
 
     `grade_pos[b]` is the index of the last prompt token of row b; parts: kl, nll, student grade logits.
     """
-    decoder, head = causal_lm_parts(model)
-    out = decoder(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
+    student_logits, nll = student_forward(
+        model, input_ids, attention_mask, labels, grade_pos, grade_ids, with_nll=alpha < 1.0
     )
-    hidden = out.last_hidden_state
-    rows = torch.arange(hidden.shape[0], device=hidden.device)
-    grade_rows = head.weight[list(grade_ids)]
-    student_logits = (hidden[rows, grade_pos] @ grade_rows.T).float()
     kl = grade_kl(student_logits, teacher_logits.to(student_logits.device), temperature)
-    targets = labels[:, 1:]
-    keep = targets != -100
-    if alpha < 1.0 and bool(keep.any()):
-        logits = head(hidden[:, :-1][keep]).float()
-        nll = F.cross_entropy(logits, targets[keep])
-    else:  # grade-only distillation, or a batch whose explanations are all empty
-        nll = torch.zeros((), device=hidden.device)
     loss = alpha * kl + (1.0 - alpha) * nll
     return loss, {"kl": kl.detach(), "nll": nll.detach(), "student_logits": student_logits.detach()}

@@ -3,6 +3,7 @@
     afrl eval --model runs/sft_smollm2_trec --trec-dir ../shared/data/trec-dl/dl20 --split dev --out runs/eval_dl20
     afrl eval --model runs/sft_rules_small --data rules:1000:1 --out runs/eval_rules
     afrl eval --model default --jsonl pairs.jsonl --out runs/eval_jsonl
+    afrl eval --teacher minilm --calibration runs/pool_minilm/calibration.json --trec-dir ... --split dev --out ...
     afrl eval --references-only --trec-dir ../shared/data/trec-dl/dl20 --split dev --out runs/refs_dl20dev
 
 `--split dev` (with `--dev-fraction 0.2 --split-seed 0`, the SFT defaults) selects exactly the queries that
@@ -46,6 +47,16 @@ def register(sub: Any) -> None:
     data.add_argument("--trec-dir", help="TREC folder (queries.tsv, passages.tsv, qrels.txt, bm25_top100.run)")
     data.add_argument("--jsonl", help="JSONL relevance records (judged pool grouped by qid)")
     data.add_argument("--data", help="any training data spec, e.g. rules:1000:1 or trec:DIR:dev (judged pool)")
+    p.add_argument(
+        "--teacher",
+        default=None,
+        help="evaluate a calibrated teacher instead of --model (training.teachers spec, e.g. minilm)",
+    )
+    p.add_argument(
+        "--calibration",
+        default=None,
+        help="with --teacher: calibration.json (fused) or calibration_teacher_only.json of its pool",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--run", default=None, help="first-stage run to rerank (default: TREC folder's bm25_top100.run)")
     p.add_argument("--qids-from", default=None, help="queries to evaluate: trec:DIR[:train|:dev] or a file of ids")
@@ -69,7 +80,6 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from afrl.cli import set_threads
-    from afrl.scorer import load_scorer
     from training.data import TrecCollection, read_jsonl
     from training.evaluate import (
         evaluate_records,
@@ -88,6 +98,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--run, --qids-from and --split apply to --trec-dir only")
     if args.references_only and not args.trec_dir:
         raise ValueError("--references-only needs --trec-dir (the reference rows rank a first-stage run)")
+    if bool(args.teacher) != bool(args.calibration):
+        raise ValueError("--teacher and --calibration go together (the calibration maps its scores to grades)")
     instruction = Path(args.instruction_file).read_text().strip() if args.instruction_file else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,11 +123,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             return {k: v for k, v in metrics.items() if k.startswith(("bm25_", "shuffled_"))} | {"out": str(out)}
         log.info("evaluating %d queries of %s", len(qids), args.trec_dir)
         metrics = evaluate_trec(
-            load_scorer(args.model, batch_size=args.batch_size),
+            _scorer(args),
             args.trec_dir,
             qids=qids,
             run_file=args.run,
-            explain_sample=args.explain_sample,
+            explain_sample=0 if args.teacher else args.explain_sample,
             instruction=instruction,
             run_out=out / "run.trec",
             explain_tokens=args.explain_tokens,
@@ -125,14 +137,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         records = read_jsonl(args.jsonl) if args.jsonl else load_source(args.data, args.dev_fraction, args.split_seed)
         records = subset(records, args.max_records)
         metrics = evaluate_records(
-            load_scorer(args.model, batch_size=args.batch_size),
+            _scorer(args),
             records,
-            args.explain_sample,
+            0 if args.teacher else args.explain_sample,
             instruction=instruction,
             explain_tokens=args.explain_tokens,
         )
         metrics["data"] = args.jsonl or args.data
-    metrics["model"] = args.model
+    metrics["model"] = f"teacher {args.teacher} ({args.calibration})" if args.teacher else args.model
     write_report(metrics, out)
     log.info("wrote %s", out)
     return {k: metrics[k] for k in SUMMARY_KEYS if k in metrics} | {"out": str(out)}
+
+
+def _scorer(args: argparse.Namespace) -> Any:
+    """The model's TorchScorer, or with --teacher the calibrated teacher (it has no explanations)."""
+    if args.teacher:
+        from training.teacher_eval import CalibratedTeacher
+
+        return CalibratedTeacher(args.teacher, args.calibration)
+    from afrl.scorer import load_scorer
+
+    return load_scorer(args.model, batch_size=args.batch_size)

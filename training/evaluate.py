@@ -55,6 +55,8 @@ def score_pairs(
 
     if not pairs:
         return []
+    if hasattr(scorer, "grade_results"):  # a calibrated teacher (training.teacher_eval): no prompts, no logits
+        return list(scorer.grade_results(pairs))
     prompts = scorer.builder.build_many(pairs, instruction)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].input_ids))
     logits = torch.empty((len(prompts), len(scorer.grade_ids)), dtype=torch.float32)
