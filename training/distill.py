@@ -35,7 +35,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from afrl.scorer import TorchScorer, pad_batch
 from training.config import AfrlSFTConfig
 from training.data import Record
 from training.distill_loss import distill_loss
-from training.sft import logged_train_loss
+from training.sft import jsonable_config, logged_train_loss
 
 log = logging.getLogger(__name__)
 
@@ -522,7 +522,7 @@ def train_distill(config: AfrlDistillConfig) -> Path:
         provenance={
             "data": config.data,
             "records": len(records),
-            "config": {k: v for k, v in asdict(config).items() if _jsonable(v)},
+            "config": jsonable_config(config),
             "train_loss": logged_train_loss(trainer.state.log_history, result.training_loss),
             "command": reproduce_command(),
         },
@@ -618,7 +618,3 @@ def _timed(scorer: TorchScorer, prompts: Sequence[Prompt], repeats: int = 2) -> 
 
 def _metrics(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k in ("accuracy", "macro_f1", "ndcg@10")}
-
-
-def _jsonable(v: Any) -> bool:
-    return v is None or isinstance(v, str | int | float | bool | list | dict)

@@ -30,7 +30,6 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -220,7 +219,7 @@ def train_from_pool(config: AfrlDistillConfig) -> Path:
 
     from afrl.models import resolve
     from training.distill import _tokenizer_folder, build_student, reload_check, reproduce_command
-    from training.sft import logged_train_loss
+    from training.sft import jsonable_config, logged_train_loss
 
     if not config.student_model:
         raise ValueError(f"a {config.teacher!r} teacher has no layers to cut: set student_model (e.g. default-base)")
@@ -297,7 +296,7 @@ def train_from_pool(config: AfrlDistillConfig) -> Path:
         provenance={
             "data": config.data,
             "records": len(rows),
-            "config": {k: v for k, v in asdict(config).items() if _jsonable(v)},
+            "config": jsonable_config(config),
             "train_loss": logged_train_loss(trainer.state.log_history, result.training_loss),
             "command": reproduce_command(),
             "license": "trained on MS MARCO passages (TREC DL): non-commercial research use only",
@@ -337,7 +336,3 @@ def _teacher_fingerprint(spec: str) -> str:
     from training.teachers import load_teacher
 
     return str(load_teacher(spec).fingerprint)  # no model is loaded for this
-
-
-def _jsonable(v: Any) -> bool:
-    return v is None or isinstance(v, str | int | float | bool | list | dict)

@@ -50,7 +50,7 @@ csv.field_size_limit(sys.maxsize)
 
 # teacher score; teacher score minus the best among the query's candidates (how far from the query's best match);
 # BM25 over the query's best BM25 over the corpus. On held-out judged train queries this set gave the lowest
-# log-loss of the five tried (teacher alone 1.229, + bm25_rel 1.223, all three 1.212; training/README.md).
+# log-loss of the feature sets tried (an uncommitted probe; training/README.md).
 FEATURES = ["teacher", "teacher_rel", "bm25_rel"]
 
 

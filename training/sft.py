@@ -158,7 +158,7 @@ def train_sft(config: AfrlSFTConfig) -> Path:
         provenance={
             "data": config.data,
             "records": len(records),
-            "config": {k: v for k, v in asdict(config).items() if _jsonable(v)},
+            "config": jsonable_config(config),
             "train_loss": logged_train_loss(trainer.state.log_history, result.training_loss),
         },
         extra={"num_layers": config.keep_layers} if config.keep_layers else {},
@@ -175,5 +175,7 @@ def logged_train_loss(history: list[dict[str, Any]], fallback: float) -> float:
     return sum(losses) / len(losses) if losses else float(fallback)
 
 
-def _jsonable(v: Any) -> bool:
-    return v is None or isinstance(v, str | int | float | bool | list | dict)
+def jsonable_config(config: Any) -> dict[str, Any]:
+    """The config's fields that JSON can hold as they are: the `provenance.config` of every stage's manifest."""
+    plain = str | int | float | bool | list | dict
+    return {k: v for k, v in asdict(config).items() if v is None or isinstance(v, plain)}
