@@ -14,11 +14,13 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
 
 from service import errors
 from service.backends.base import Backend
 from service.batcher import Batcher, BatchLimits
+from service.deps import ApiKey
 from service.explainer import Explainer
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
@@ -59,7 +61,13 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         tokenize = ThreadPoolExecutor(max_workers=1, thread_name_prefix="afrl-tokenize")
         app.state.backend = be
         app.state.scoring = ScoringService(
-            be, batcher, metrics, settings.max_documents, settings.request_timeout_s, tokenize
+            be,
+            batcher,
+            metrics,
+            settings.max_documents,
+            settings.request_timeout_s,
+            tokenize,
+            max_instruction_tokens=settings.max_instruction_tokens,
         )
         app.state.explainer = Explainer(be, metrics, settings.max_concurrent_explanations, settings.explain_timeout_s)
         if settings.warmup:
@@ -84,11 +92,33 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.ready = False
-    for module in (score, rerank, explain, ops):
-        app.include_router(module.router)
+    routers = tuple(module.router for module in (score, rerank, explain, ops))
+    for router in routers:
+        app.include_router(router)
     errors.install(app)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
+        api_key=settings.api_key.get_secret_value() if settings.api_key is not None else None,
+        protected_paths=_paths(routers, protected=True),
+        known_paths=_paths(routers, protected=False),
+    )
     return app
+
+
+def _paths(routers: tuple[APIRouter, ...], protected: bool) -> frozenset[str]:
+    """Route paths; with `protected`, only those behind the API key (the `ApiKey` dependency, on the router or
+    the route). Read from the routers (none has a prefix), not from `app.routes`, which holds FastAPI's
+    private wrappers of included routers."""
+    return frozenset(
+        route.path
+        for router in routers
+        for route in router.routes
+        if isinstance(route, APIRoute)
+        and (not protected or any(d is ApiKey for d in [*router.dependencies, *route.dependencies]))
+    )
 
 
 async def _warm_up(app: FastAPI) -> None:

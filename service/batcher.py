@@ -7,8 +7,12 @@ forward passes that stay under the token budget (length bucketing: little paddin
 one query prefix runs on the backend's prefix-reuse path.
 
 Limits: the queue holds at most `max_queue_pairs` waiting pairs (more raises QueueFullError, 429 upstream); a
-job past its deadline is dropped before it costs a forward pass (DeadlineError, 503); a job whose caller went
-away (its future is cancelled) is skipped, so abandoned requests never cost inference.
+job past its deadline is dropped before it costs a forward pass (DeadlineError, 503). Cancellation is one
+mechanism: a job is abandoned when its future is cancelled, whether by its deadline (`wait_for` in `submit`) or
+by its caller going away (the route cancels the request task, service/cancellation.py). An abandoned job is
+skipped while queued, and a running one stops between forward passes (the worker checks `Job.abandoned` before
+each pass), so a request nobody waits for costs at most the pass already running. Every drop is counted in
+`afrl_cancelled_total{reason}`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -65,6 +70,11 @@ class Job:
     enqueued: float = field(default_factory=time.monotonic)
     queue_s: float = 0.0
     inference_s: float = 0.0
+    # Set (from the event loop) when the future is cancelled; read by the worker thread between passes.
+    abandoned: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.future.add_done_callback(lambda f: self.abandoned.set() if f.cancelled() else None)
 
     @property
     def tokens(self) -> int:
@@ -116,11 +126,17 @@ class Batcher:
         self._pending_pairs += n
         self.metrics.queue_depth.set(self._pending_pairs)
         self._wakeup.set()
+        ahead = self._pending_pairs - n
         try:
-            # wait_for cancels the future on timeout; a cancelled future is skipped by the loop (no wasted work).
+            # wait_for cancels the future on timeout or when this task is cancelled (the client left): the
+            # loop skips the job while queued and the worker stops it between passes (no wasted work).
             logits = await asyncio.wait_for(job.future, timeout=timeout_s)
         except TimeoutError as e:
-            raise DeadlineError(f"not scored within the {timeout_s:g} s deadline; the server is overloaded") from e
+            self.metrics.cancelled.labels(reason="deadline").inc()
+            raise DeadlineError(deadline_message(timeout_s, n, ahead)) from e
+        except asyncio.CancelledError:
+            self.metrics.cancelled.labels(reason="client_disconnected").inc()
+            raise
         return logits, Timing(job.queue_s, job.inference_s)
 
     async def close(self, drain_timeout_s: float) -> None:
@@ -135,6 +151,7 @@ class Batcher:
                 await self._task
         for job in self._jobs:
             if not job.future.done():
+                self.metrics.cancelled.labels(reason="shutdown").inc()
                 job.future.set_exception(ShuttingDownError("the server shut down before this request ran"))
         self._jobs.clear()
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -193,7 +210,13 @@ class Batcher:
                 job.queue_s = now - job.enqueued
                 self.metrics.queue_latency.observe(job.queue_s)
                 if now > job.deadline:
-                    job.future.set_exception(DeadlineError("the request's deadline passed while it was queued"))
+                    self.metrics.cancelled.labels(reason="deadline").inc()
+                    job.future.set_exception(
+                        DeadlineError(
+                            f"the request's deadline passed after {job.queue_s:.1f} s in the queue, before it was "
+                            "scored; retry later, send fewer documents or raise AFRL_REQUEST_TIMEOUT_S"
+                        )
+                    )
                 else:
                     live.append(job)
             if not live:
@@ -229,6 +252,9 @@ class Batcher:
             plain.extend((ji, pi, p) for pi, p in enumerate(job.prompts))
         plain.sort(key=lambda t: len(t[2].input_ids))
         for chunk in self._chunks(plain):
+            chunk = [item for item in chunk if not jobs[item[0]].abandoned.is_set()]
+            if not chunk:  # every job in this pass was abandoned: its rows are never read
+                continue
             logits = self._timed_pass([p for _, _, p in chunk], lambda ps: self.backend.grade_logits(ps))
             assert logits is not None
             for row, (ji, pi, _) in zip(logits, chunk, strict=True):
@@ -247,6 +273,8 @@ class Batcher:
         assert prefix is not None
         order = sorted(range(len(job.prompts)), key=lambda i: len(job.prompts[i].input_ids))
         for chunk in self._chunks([(0, i, job.prompts[i]) for i in order], offset=prefix):
+            if job.abandoned.is_set():
+                return True  # nobody reads the rest: stop between passes
             prompts = [p for _, _, p in chunk]
             logits = self._timed_pass(prompts, lambda ps: self.backend.grade_logits_shared_prefix(ps, prefix))
             if logits is None:
@@ -277,7 +305,17 @@ class Batcher:
         elapsed = time.monotonic() - start
         if logits is not None:
             self._last_pass_s = elapsed
+            self.metrics.model_pairs.inc(len(prompts))
             self.metrics.inference_latency.observe(elapsed)
             self.metrics.batch_size.observe(len(prompts))
             self.metrics.batch_tokens.observe(len(prompts) * max(len(p.input_ids) for p in prompts))
         return logits
+
+
+def deadline_message(timeout_s: float, pairs: int, ahead: int) -> str:
+    """The 503 body of a request that ran out of time: what was slow, and what the caller can change."""
+    where = f"{ahead} pairs were queued ahead of it" if ahead else "nothing was queued ahead of it"
+    return (
+        f"not scored within the {timeout_s:g} s deadline (AFRL_REQUEST_TIMEOUT_S) for its {pairs} pairs; {where}. "
+        "Send fewer or shorter documents, or raise the deadline"
+    )

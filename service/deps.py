@@ -36,14 +36,22 @@ def require_api_key(
 ) -> None:
     if settings.api_key is None:
         return
-    expected = settings.api_key.get_secret_value().encode()
-    given = credentials.credentials.encode() if credentials is not None else b""
-    if not hmac.compare_digest(given, expected):
-        raise HTTPException(
-            status_code=401,
-            detail="missing or wrong API key: send `Authorization: Bearer <AFRL_API_KEY>`",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    if not key_matches(settings.api_key.get_secret_value(), credentials.credentials if credentials else ""):
+        raise HTTPException(status_code=401, detail=UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
+
+
+UNAUTHORIZED = "missing or wrong API key: send `Authorization: Bearer <AFRL_API_KEY>`"
+
+
+def key_matches(expected: str, given: str) -> bool:
+    """Constant-time comparison (no timing hint about the key); the one check of the dependency and middleware."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape"))
+
+
+def bearer_token(authorization: str) -> str:
+    """The token of an `Authorization: Bearer TOKEN` header value ('' when it is not a bearer header)."""
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

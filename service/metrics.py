@@ -40,6 +40,16 @@ class Metrics:
             "afrl_predicted_grade", "predicted grades (watch for score drift)", ["grade"], registry=r
         )
         self.explanation_tokens = Counter("afrl_explanation_tokens", "explanation tokens generated", registry=r)
+        self.inflight = Gauge("afrl_inflight_requests", "HTTP requests being served now", registry=r)
+        self.cancelled = Counter(
+            "afrl_cancelled",
+            "work dropped before or during inference: client_disconnected, deadline or shutdown",
+            ["reason"],
+            registry=r,
+        )
+        self.model_pairs = Counter(
+            "afrl_model_pairs", "pairs that went through a forward pass (including warm-up)", registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -73,10 +73,20 @@ class RerankRequest(BaseModel):
             text = d.get("text") if isinstance(d, dict) else d
             if not isinstance(text, str) or not text:
                 raise ValueError(f"documents[{i}] must be a non-empty string or an object with a non-empty 'text'")
+            if not _is_unicode(text):  # typed fields refuse lone surrogates themselves; `text` is in an Any dict
+                raise ValueError(f"documents[{i}].text is not valid Unicode (it holds a lone surrogate escape)")
         return self
 
     def texts(self) -> list[str]:
         return [str(d["text"]) if isinstance(d, dict) else d for d in self.documents]
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class RerankDocument(BaseModel):

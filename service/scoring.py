@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from afrl.contract import GradeResult, Prompt, PromptBuilder, result_from_logits
+from afrl.contract import ContractError, GradeResult, Prompt, PromptBuilder, result_from_logits
 from service.backends.base import Backend
 from service.batcher import Batcher, Timing
 from service.metrics import Metrics
@@ -41,6 +41,7 @@ class ScoringService:
         max_documents: int,
         timeout_s: float,
         tokenize_executor: ThreadPoolExecutor,
+        max_instruction_tokens: int = 256,
     ):
         self.backend = backend
         self.batcher = batcher
@@ -49,6 +50,7 @@ class ScoringService:
         self.timeout_s = timeout_s
         # One thread owns the tokenizer: fast tokenizers are not safe to call from several threads at once.
         self.tokenize_executor = tokenize_executor
+        self.max_instruction_tokens = max_instruction_tokens
 
     async def build(
         self, pairs: Sequence[tuple[str, str]], instruction: str | None, max_document_tokens: int | None = None
@@ -57,7 +59,9 @@ class ScoringService:
         if max_document_tokens is not None and max_document_tokens < builder.max_document_tokens:
             builder = dataclasses.replace(builder, max_document_tokens=max_document_tokens)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.tokenize_executor, _build, builder, list(pairs), instruction)
+        return await loop.run_in_executor(
+            self.tokenize_executor, _build, builder, list(pairs), instruction, self.max_instruction_tokens
+        )
 
     async def score(
         self,
@@ -81,5 +85,25 @@ class ScoringService:
             self.metrics.predicted_grade.labels(grade=str(r.grade)).inc()
 
 
-def _build(builder: PromptBuilder, pairs: list[tuple[str, str]], instruction: str | None) -> list[Prompt]:
+def _build(
+    builder: PromptBuilder, pairs: list[tuple[str, str]], instruction: str | None, max_instruction_tokens: int
+) -> list[Prompt]:
+    if instruction is not None:
+        check_instruction(builder, instruction, max_instruction_tokens)
     return builder.build_many(pairs, instruction)
+
+
+def check_instruction(builder: PromptBuilder, instruction: str, limit: int) -> None:
+    """Refuse an instruction override over `limit` tokens (ContractError, 422 upstream).
+
+    Query and document are cut to their budgets, but an instruction is not: cutting it would change what the
+    model is asked. Its cost is in every prompt of the request, so a long one makes a forward pass (and every
+    request queued behind it) slow. A text of more than 8 characters per allowed token is refused before it
+    is tokenized.
+    """
+    hint = "shorten it, or raise AFRL_MAX_INSTRUCTION_TOKENS"
+    if len(instruction) > 8 * limit:
+        raise ContractError(f"the instruction is {len(instruction)} characters, over the {limit}-token limit; {hint}")
+    tokens = len(builder.tokenizer(instruction, add_special_tokens=False)["input_ids"])
+    if tokens > limit:
+        raise ContractError(f"the instruction is {tokens} tokens, over the {limit}-token limit; {hint}")

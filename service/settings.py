@@ -35,7 +35,13 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(default=5.0, ge=0, le=10_000, description="how long the batcher waits to fill a batch")
     max_queue_pairs: int = Field(default=2048, ge=1, description="pairs waiting beyond this are refused with 429")
     max_documents: int = Field(default=1000, ge=1, description="documents (or pairs) per request; more gives 413")
+    max_instruction_tokens: int = Field(
+        default=256, ge=1, description="tokens of a per-request `instruction` override; longer ones get 422"
+    )
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="request bodies larger than this get 413")
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="a client that stalls this long mid-body gets 408 and its connection closed"
+    )
     request_timeout_s: float = Field(default=30.0, gt=0, description="deadline of a scoring request; past it, 503")
     prefix_reuse: bool = Field(default=True, description="compute a shared instruction + query prefix once (KV cache)")
     prefix_reuse_min_documents: int = Field(default=4, ge=2, description="documents per query to reuse a prefix")

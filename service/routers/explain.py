@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from service.batcher import DeadlineError
+from service.cancellation import until_disconnect
 from service.deps import ApiKey, ExplainerDep, ScoringDep, SettingsDep
 from service.errors import ERROR_RESPONSES
 from service.schemas import ExplainDone, ExplainRequest, ExplainResponse, GradeOut
@@ -59,11 +60,20 @@ async def explain(
     max_new = min(body.max_new_tokens or settings.max_new_tokens, settings.max_new_tokens)
     events = explainer.events(prompt, body.document, max_new, started)
     if not body.stream:
-        collected: dict[str, Any] = {}
-        async for name, payload in events:
-            collected[name] = payload
+        # Without a stream nobody notices a disconnect: until_disconnect cancels the generation (stop flag).
+        collected = await until_disconnect(request, _collect(events))
         return ExplainResponse(score=GradeOut(**collected["score"]), done=ExplainDone(**collected["done"]))
     return EventSourceResponse(_sse(events, request.state.request_id), ping=15)
+
+
+async def _collect(events: AsyncIterator[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    collected: dict[str, Any] = {}
+    try:
+        async for name, payload in events:
+            collected[name] = payload
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]  # sets the stop flag when cancelled mid-way
+    return collected
 
 
 async def _sse(events: AsyncIterator[tuple[str, dict[str, Any]]], request_id: str) -> AsyncIterator[ServerSentEvent]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
+from service.cancellation import until_disconnect
 from service.deps import ApiKey, ScoringDep
 from service.errors import ERROR_RESPONSES
 from service.routers import timing_headers
@@ -27,11 +28,14 @@ router = APIRouter(tags=["rerank"], dependencies=[ApiKey], responses=ERROR_RESPO
 
 async def _rerank(body: RerankRequest, request: Request, response: Response, scoring: ScoringDep) -> RerankResponse:
     texts = body.texts()
-    scored = await scoring.score(
-        [(body.query, t) for t in texts],
-        body.instruction,
-        shared_query=True,
-        max_document_tokens=body.max_tokens_per_doc,
+    scored = await until_disconnect(
+        request,
+        scoring.score(
+            [(body.query, t) for t in texts],
+            body.instruction,
+            shared_query=True,
+            max_document_tokens=body.max_tokens_per_doc,
+        ),
     )
     timing_headers(request, response, scored.timing)
     order = sorted(range(len(texts)), key=lambda i: -scored.results[i].score)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
+from service.cancellation import until_disconnect
 from service.deps import ApiKey, ScoringDep
 from service.errors import ERROR_RESPONSES
 from service.routers import timing_headers
@@ -21,7 +22,7 @@ async def score(body: ScoreRequest, request: Request, response: Response, scorin
         assert body.query is not None and body.documents is not None  # the model validator guarantees it
         pairs = [(body.query, d) for d in body.documents]
         shared = True
-    scored = await scoring.score(pairs, body.instruction, shared_query=shared)
+    scored = await until_disconnect(request, scoring.score(pairs, body.instruction, shared_query=shared))
     timing_headers(request, response, scored.timing)
     return ScoreResponse(
         model=scoring.backend.model_name,
