@@ -108,8 +108,12 @@ def test_int8_accepted_is_recorded_and_preferred(exported):
     fp32 = OnnxScorer.from_dir(out, threads=1, variant="fp32")
     a = np.array([r.probabilities for r in int8.score(PAIRS)])
     b = np.array([r.probabilities for r in fp32.score(PAIRS)])
-    # dynamic INT8 scales activations per batch, so figures move a little with batch composition
-    assert 0 < np.abs(a - b).max() == pytest.approx(manifest.parity["int8"]["max_abs_prob_diff"], rel=0.2)
+    # Dynamic INT8 scales activations per batch, and onnxruntime picks different int8 kernels per CPU (with or
+    # without AVX512-VNNI), so the figure seen here moves with batch composition and machine: 0.078 against a
+    # recorded 0.111 on an EPYC without AVX512-BF16, where a 20 % band failed. A factor-2 band still catches a
+    # recorded figure that is not this scorer's (zero, or the fp16 one).
+    observed, recorded = float(np.abs(a - b).max()), float(manifest.parity["int8"]["max_abs_prob_diff"])
+    assert observed > 0 and recorded / 2 <= observed <= recorded * 2, (observed, recorded)
     fp16 = OnnxScorer.from_dir(out, threads=1, variant="fp16")
     c = np.array([r.probabilities for r in fp16.score(PAIRS)])
     # loose: the tiny model's large random weights make fp16 rounding visible; the default model gives 2.4e-3
