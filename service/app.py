@@ -1,8 +1,9 @@
 """`create_app(settings, backend=None)`: the FastAPI app, built from settings.
 
-The lifespan loads the model (unless a backend is passed in, as tests do), starts the batcher, warms up (the
-first forward passes allocate and pick kernels; /ready stays false until they are done), and on shutdown turns
-/ready false, stops taking work and drains what is in flight. Run it with `afrl serve` (see service/README.md).
+The lifespan loads the model (unless a backend is passed in, as tests do), starts the batcher, scoring service
+and explainer (service/runtime.py, shared with the in-process `afrl.Reranker`), warms up (the first forward
+passes allocate and pick kernels; /ready stays false until they are done), and on shutdown turns /ready false,
+stops taking work and drains what is in flight. Run it with `afrl serve` (see service/README.md).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
@@ -19,13 +19,11 @@ from fastapi.routing import APIRoute
 
 from service import errors
 from service.backends.base import Backend
-from service.batcher import Batcher, BatchLimits
 from service.deps import ApiKey
-from service.explainer import Explainer
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
 from service.routers import explain, ops, rerank, score
-from service.scoring import ScoringService
+from service.runtime import start_services
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,28 +46,10 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         from service.backends import load_backend
 
         be = backend if backend is not None else await asyncio.to_thread(load_backend, settings)
-        limits = BatchLimits(
-            max_batch_pairs=settings.max_batch_pairs,
-            max_batch_tokens=settings.max_batch_tokens,
-            max_wait_ms=settings.max_wait_ms,
-            max_queue_pairs=settings.max_queue_pairs,
-            prefix_reuse=settings.prefix_reuse,
-            prefix_reuse_min_documents=settings.prefix_reuse_min_documents,
-        )
-        batcher = Batcher(be, limits, metrics)
-        batcher.start()
-        tokenize = ThreadPoolExecutor(max_workers=1, thread_name_prefix="afrl-tokenize")
+        services = start_services(be, settings, metrics)
         app.state.backend = be
-        app.state.scoring = ScoringService(
-            be,
-            batcher,
-            metrics,
-            settings.max_documents,
-            settings.request_timeout_s,
-            tokenize,
-            max_instruction_tokens=settings.max_instruction_tokens,
-        )
-        app.state.explainer = Explainer(be, metrics, settings.max_concurrent_explanations, settings.explain_timeout_s)
+        app.state.scoring = services.scoring
+        app.state.explainer = services.explainer
         if settings.warmup:
             await _warm_up(app)
         app.state.ready = True
@@ -79,9 +59,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         finally:
             app.state.ready = False
             log.info("shutting down: draining in-flight work (up to %g s)", settings.drain_timeout_s)
-            await batcher.close(settings.drain_timeout_s)
-            app.state.explainer.close()
-            tokenize.shutdown(wait=True)
+            await services.close(settings.drain_timeout_s)
 
     app = FastAPI(
         title="AFRL relevance",
