@@ -9,6 +9,9 @@ Every body goes through `SafeJSONResponse`: ASCII-escaped, so a lone surrogate i
 to encode, and with non-finite numbers (JSON has no NaN or Infinity, but Python's parser accepts them) turned
 into strings. The validation handler replaces FastAPI's default, which echoes each error's `input` and `ctx`
 back and so turned `"top_n": NaN` or `"query": "\ud800"` into a 500.
+
+A request in the text-embeddings-inference or vLLM shape gets its errors in that shape's convention, with the
+same status codes (service/shapes.py).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from afrl.contract import ContractError
+from service import shapes
 from service.batcher import DeadlineError, QueueFullError, ShuttingDownError
 from service.cancellation import CLIENT_CLOSED_REQUEST, ClientDisconnected
 from service.scoring import TooManyDocumentsError
@@ -70,7 +74,11 @@ def validation_details(errors: Any) -> list[dict[str, Any]]:
     """
     out = []
     for e in errors:
-        item: dict[str, Any] = {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
+        item: dict[str, Any] = {
+            "loc": shapes.clean_loc(e.get("loc", ())),
+            "msg": str(e.get("msg", "")),
+            "type": e.get("type"),
+        }
         ctx = e.get("ctx")
         if isinstance(ctx, dict):
             item["ctx"] = {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in ctx.items()}
@@ -78,37 +86,45 @@ def validation_details(errors: Any) -> list[dict[str, Any]]:
     return out
 
 
+def error_response(
+    request: Request, status: int, detail: Any, headers: dict[str, str] | None = None, body: Any = None
+) -> JSONResponse:
+    """An error in the convention of the request's API shape (`detail` unless it is a TEI or vLLM request)."""
+    content = shapes.error_content(shapes.of_request(request, body), status, detail)
+    return SafeJSONResponse(content, status_code=status, headers=headers)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return SafeJSONResponse({"detail": validation_details(exc.errors())}, status_code=422)
+        return error_response(request, 422, validation_details(exc.errors()), body=exc.body)
 
     @app.exception_handler(ClientDisconnected)
     async def _gone(request: Request, exc: ClientDisconnected) -> JSONResponse:
-        return SafeJSONResponse({"detail": str(exc)}, status_code=CLIENT_CLOSED_REQUEST)
+        return error_response(request, CLIENT_CLOSED_REQUEST, str(exc))
 
     @app.exception_handler(TooManyDocumentsError)
     async def _too_many(request: Request, exc: TooManyDocumentsError) -> JSONResponse:
-        return SafeJSONResponse({"detail": str(exc)}, status_code=413)
+        return error_response(request, 413, str(exc))
 
     @app.exception_handler(QueueFullError)
     async def _queue_full(request: Request, exc: QueueFullError) -> JSONResponse:
-        return SafeJSONResponse({"detail": str(exc)}, status_code=429, headers={"Retry-After": str(exc.retry_after)})
+        return error_response(request, 429, str(exc), headers={"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(DeadlineError)
     async def _deadline(request: Request, exc: DeadlineError) -> JSONResponse:
-        return SafeJSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+        return error_response(request, 503, str(exc), headers={"Retry-After": "1"})
 
     @app.exception_handler(ShuttingDownError)
     async def _shutdown(request: Request, exc: ShuttingDownError) -> JSONResponse:
-        return SafeJSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
+        return error_response(request, 503, str(exc), headers={"Retry-After": "5"})
 
     @app.exception_handler(ContractError)
     async def _contract(request: Request, exc: ContractError) -> JSONResponse:
-        return SafeJSONResponse({"detail": [{"loc": ["body", "instruction"], "msg": str(exc)}]}, status_code=422)
+        return error_response(request, 422, [{"loc": ["body", "instruction"], "msg": str(exc)}])
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         rid = getattr(request.state, "request_id", None)
         log.exception("unhandled error", extra={"request_id": rid})
-        return SafeJSONResponse({"detail": f"internal error (request id {rid}); see the server log"}, status_code=500)
+        return error_response(request, 500, f"internal error (request id {rid}); see the server log")

@@ -85,6 +85,12 @@ class ScoringService:
             self.metrics.predicted_grade.labels(grade=str(r.grade)).inc()
 
 
+def rank_order(scores: Sequence[float]) -> list[int]:
+    """Indices by score, best first; ties keep input order (a stable sort). /rerank in every shape and
+    `afrl.Reranker.rank` order with this one function, so they can never disagree on an order."""
+    return sorted(range(len(scores)), key=lambda i: -scores[i])
+
+
 def _build(
     builder: PromptBuilder, pairs: list[tuple[str, str]], instruction: str | None, max_instruction_tokens: int
 ) -> list[Prompt]:

@@ -1,13 +1,16 @@
-"""POST /rerank (also /v1/rerank and /v2/rerank): Cohere- and Jina-compatible reranking.
+"""POST /rerank (also /v1/rerank and /v2/rerank): Cohere / Jina and text-embeddings-inference reranking.
 
 The Cohere SDK's `Client` posts to /v1/rerank and `ClientV2` to /v2/rerank; Jina clients and LangChain /
-LlamaIndex rerankers use the same body. The relevance score is the AFRL expected grade / K.
+LlamaIndex Cohere rerankers use the same body (`documents`). TEI clients (Haystack's HuggingFaceTEIRanker,
+LlamaIndex's TextEmbeddingInference) post `texts` to /rerank and get TEI's bare list back (service/tei.py).
+The body decides which (service/shapes.py). The relevance score is the AFRL expected grade / K in both.
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
+from service import shapes, tei
 from service.cancellation import until_disconnect
 from service.deps import ApiKey, ScoringDep
 from service.errors import ERROR_RESPONSES
@@ -22,11 +25,30 @@ from service.schemas import (
     Tokens,
     Usage,
 )
+from service.scoring import rank_order
 
 router = APIRouter(tags=["rerank"], dependencies=[ApiKey], responses=ERROR_RESPONSES)
 
 
-async def _rerank(body: RerankRequest, request: Request, response: Response, scoring: ScoringDep) -> RerankResponse:
+async def _rerank(
+    body: shapes.RerankBody, request: Request, response: Response, scoring: ScoringDep
+) -> RerankResponse | list[tei.TeiRank]:
+    if isinstance(body, tei.TeiRerankRequest):
+        return await _tei(body, request, response, scoring)
+    return await _cohere(body, request, response, scoring)
+
+
+async def _tei(
+    body: tei.TeiRerankRequest, request: Request, response: Response, scoring: ScoringDep
+) -> list[tei.TeiRank]:
+    shapes.remember(request, shapes.TEI)
+    pairs = [(body.query, t) for t in body.texts]
+    scored = await until_disconnect(request, scoring.score(pairs, body.instruction, shared_query=True))
+    timing_headers(request, response, scored.timing)
+    return tei.ranks(body, [r.score for r in scored.results])
+
+
+async def _cohere(body: RerankRequest, request: Request, response: Response, scoring: ScoringDep) -> RerankResponse:
     texts = body.texts()
     scored = await until_disconnect(
         request,
@@ -38,7 +60,7 @@ async def _rerank(body: RerankRequest, request: Request, response: Response, sco
         ),
     )
     timing_headers(request, response, scored.timing)
-    order = sorted(range(len(texts)), key=lambda i: -scored.results[i].score)
+    order = rank_order([r.score for r in scored.results])
     if body.top_n is not None:
         order = order[: body.top_n]
     results = [
@@ -61,13 +83,15 @@ async def _rerank(body: RerankRequest, request: Request, response: Response, sco
     )
 
 
-for _path in ("/rerank", "/v1/rerank", "/v2/rerank"):
+for _path in shapes.RERANK_PATHS:
     router.add_api_route(
         _path,
         _rerank,
         methods=["POST"],
-        response_model=RerankResponse,
+        response_model=RerankResponse | list[tei.TeiRank],
         response_model_exclude_none=True,
-        summary=f"Rerank documents for a query ({_path})",
+        summary=f"Rerank documents for a query ({_path}): Cohere / Jina or text-embeddings-inference shape",
+        description="A body with `documents` is answered in the Cohere / Jina shape (an object with `results`), a "
+        "body with `texts` in the text-embeddings-inference shape (a list of `{index, score, text?}`, best first).",
         operation_id="rerank" + _path.replace("/", "_"),
     )
