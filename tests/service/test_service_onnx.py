@@ -61,3 +61,23 @@ def test_onnx_and_torch_backends_agree(exported):
 def test_onnx_backend_refuses_a_non_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="export folder"):
         OnnxBackend.from_dir(str(tmp_path / "missing"))
+
+
+def test_reranker_over_the_onnx_export_ranks_like_torch(exported):
+    """`afrl.Reranker(folder, backend="onnx")` loads the export the way `afrl serve --backend onnx` does."""
+    from afrl import Reranker
+
+    out, torch_backend = exported
+    with (
+        Reranker(str(out), backend="onnx", threads=1, max_new_tokens=6) as onnx_reranker,
+        Reranker(torch_backend, max_new_tokens=6) as torch_reranker,
+    ):
+        assert onnx_reranker.backend.name == "onnx"
+        a, b = onnx_reranker.rank(QUERY, DOCS), torch_reranker.rank(QUERY, DOCS)
+        assert [h["corpus_id"] for h in a] == [h["corpus_id"] for h in b]
+        assert [h["grade"] for h in a] == [h["grade"] for h in b]
+        np.testing.assert_allclose([h["score"] for h in a], [h["score"] for h in b], atol=TOLERANCE)
+        explanation = onnx_reranker.explain(QUERY, DOCS[0])
+        text = "".join(explanation)
+        assert explanation.result is not None and explanation.result["text"].startswith(str(explanation.grade))
+        assert isinstance(text, str) and explanation.result["completion_tokens"] <= 6
