@@ -139,3 +139,18 @@ def test_bad_input_names_what_is_wrong(reranker, tiny_dir):
     closed.close()
     with pytest.raises(RuntimeError, match="closed"):
         closed.predict([("q", "d")])
+
+
+@pytest.mark.slow
+def test_default_model_in_process_matches_the_reference_scorer():
+    """`Reranker("default")` as the README shows it: the shipped model, scores equal to afrl.scorer's."""
+    from afrl.scorer import load_scorer
+
+    docs = ["Berlin had 3,520,031 registered inhabitants in 2015.", "Running shoes for men."]
+    with Reranker("default", dtype="fp32", threads=1) as r:
+        hits = r.rank(QUERY, docs)
+    reference = load_scorer("default").score([(QUERY, d) for d in docs])
+    assert sorted(h["corpus_id"] for h in hits) == [0, 1]
+    for h in hits:
+        assert h["score"] == pytest.approx(reference[h["corpus_id"]].score, abs=1e-4)
+        assert h["grade"] == reference[h["corpus_id"]].grade
