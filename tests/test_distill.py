@@ -70,6 +70,25 @@ def test_layer_subset_of_a_full_teacher_copies_the_right_layers(tmp_path):
     assert not torch.equal(s_layers[0].mlp.down_proj.weight, t_layers[0].mlp.down_proj.weight)
 
 
+def test_freeze_embeddings_trains_the_layers_only(tmp_path):
+    teacher_dir = save_tiny_model(tmp_path / "teacher", num_layers=4)
+    config = make_config(
+        tmp_path, teacher_dir, "--student_layers", "0", "1", "--lora_r", "0", "--freeze_embeddings", "true"
+    )
+    model = build_student(config).model
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "model.embed_tokens.weight" not in trainable and not model.get_output_embeddings().weight.requires_grad
+    assert "model.layers.0.mlp.up_proj.weight" in trainable and "model.norm.weight" in trainable
+    assert all(
+        p.requires_grad
+        for p in build_student(
+            make_config(tmp_path, teacher_dir, "--student_layers", "0", "--lora_r", "0")
+        ).model.parameters()
+    )
+    with pytest.raises(ValueError, match="freeze_embeddings is for a full fine-tune"):
+        make_config(tmp_path, teacher_dir, "--student_layers", "0", "--lora_r", "4", "--freeze_embeddings", "true")
+
+
 def test_layer_subset_of_an_adapter_teacher_starts_as_the_cut_teacher(tmp_path):
     """The student = base cut to the kept layers + the teacher's adapter weights of those layers, so before any
     training it computes exactly what the merged teacher cut to those layers computes."""

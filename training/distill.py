@@ -95,6 +95,13 @@ class AfrlDistillConfig(AfrlSFTConfig):
     time_budget_minutes: float | None = field(
         default=None, metadata={"help": "stop (and save a checkpoint) after this many minutes; rerun to resume"}
     )
+    freeze_embeddings: bool = field(
+        default=False,
+        metadata={
+            "help": "with lora_r 0: train the kept layers and final norm only, not the (tied) token embeddings and "
+            "LM head, so the trained part is the layers (most of a small base's weights are its embeddings)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if not self.teacher:
@@ -111,6 +118,8 @@ class AfrlDistillConfig(AfrlSFTConfig):
             raise ValueError(f"teacher_dtype {self.teacher_dtype!r}: use auto, float32, bfloat16 or float16")
         if self.explanation_max_tokens < 1:
             raise ValueError("explanation_max_tokens must be >= 1")
+        if self.freeze_embeddings and self.lora_r:
+            raise ValueError("freeze_embeddings is for a full fine-tune (lora_r 0); LoRA never trains the embeddings")
         from training.teachers import teacher_kind
 
         if teacher_kind(self.teacher) != "afrl":
@@ -286,6 +295,9 @@ def build_student(config: AfrlDistillConfig) -> Student:
         model, _, _ = load_model(source)
         if layers:
             model = keep_layers(model, layers)
+        if config.freeze_embeddings:
+            for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+                module.weight.requires_grad_(False)
         return Student(model, None, None)
     if not is_adapter(path):
         model, _, _ = load_model(source)

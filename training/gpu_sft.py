@@ -84,17 +84,12 @@ def train(args: argparse.Namespace) -> Path:
     batches = [list(range(i, min(i + args.batch, len(rows)))) for i in range(0, len(rows), args.batch)]
     total = len(batches) * args.epochs
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
-    warm = max(1, int(0.05 * total))
     budget = 60 * args.max_minutes
     train_start = time.time()
 
     def set_lr(step: int) -> None:
-        """Warm-up, then cosine decay over the run's progress: steps done or wall-clock budget used, whichever
-        is further along, so that a run the budget cuts short still ends with a decayed learning rate."""
-        progress = min(1.0, max(step / total, (time.time() - train_start) / budget))
-        factor = min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * progress))
         for group in opt.param_groups:
-            group["lr"] = args.lr * factor
+            group["lr"] = args.lr * budget_cosine(step, total, time.time() - train_start, budget)
 
     rng = random.Random(args.seed)
     curve: list[dict[str, float]] = []
@@ -153,6 +148,14 @@ def train(args: argparse.Namespace) -> Path:
     return out
 
 
+def budget_cosine(step: int, total: int, elapsed_s: float, budget_s: float, warmup: float = 0.05) -> float:
+    """The learning-rate factor: linear warm-up, then cosine decay over the run's progress, which is steps done or
+    wall-clock budget used, whichever is further along, so that a run the budget cuts short still ends with a
+    decayed learning rate (a lent machine's minutes are fixed; its speed is not known in advance)."""
+    progress = min(1.0, max(step / total, elapsed_s / budget_s))
+    return min(1.0, (step + 1) / max(1, int(warmup * total))) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def _to_bf16(path: Path) -> None:
     import torch
     from safetensors.torch import load_file, save_file
@@ -179,6 +182,21 @@ def evaluate_dev(model: Any, tok: Any, builder: Any, trec_dir: str, out: Path) -
     return {k: metrics[k] for k in keys if k in metrics}
 
 
+def portable_adapter_config(adapter: Path, base: str) -> list[str]:
+    """Make a device-written `adapter_config.json` loadable here; returns the fields it had to drop.
+
+    The device saw the GGUF's folder as the base; here the base is `base`. The device's newer peft may write
+    fields this peft does not know: they are dropped (and listed in the manifest)."""
+    from peft import LoraConfig
+
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = base
+    dropped = sorted(k for k in config if k not in LoraConfig.__dataclass_fields__ and k != "peft_type")
+    config = {k: v for k, v in config.items() if k not in dropped}
+    (adapter / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return dropped
+
+
 def finish(adapter: Path, base: str) -> Path:
     """Write the AFRL manifest beside a `train` adapter, so that `afrl eval --model DIR` and `afrl ship` take it."""
     from afrl.contract import DEFAULT_INSTRUCTION, GradeScale, PromptBuilder
@@ -187,14 +205,7 @@ def finish(adapter: Path, base: str) -> Path:
 
     info = json.loads((adapter / "gpu_run.json").read_text())
     settings = info["settings"]
-    from peft import LoraConfig
-
-    config = json.loads((adapter / "adapter_config.json").read_text())
-    config["base_model_name_or_path"] = base  # the device saw the GGUF's folder; here the base is the embedded one
-    # the device's newer peft may write fields this peft does not know; they are dropped and listed
-    dropped = sorted(k for k in config if k not in LoraConfig.__dataclass_fields__ and k != "peft_type")
-    config = {k: v for k, v in config.items() if k not in dropped}
-    (adapter / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    dropped = portable_adapter_config(adapter, base)
     _, tok, _ = load_model(base)
     builder = PromptBuilder(tok, DEFAULT_INSTRUCTION, settings["max_query_tokens"], settings["max_document_tokens"])
     manifest = Manifest.for_builder(
