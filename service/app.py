@@ -3,7 +3,8 @@
 The lifespan loads the model (unless a backend is passed in, as tests do), starts the batcher, scoring service
 and explainer (service/runtime.py, shared with the in-process `afrl.Reranker`), warms up (the first forward
 passes allocate and pick kernels; /ready stays false until they are done), and on shutdown turns /ready false,
-stops taking work and drains what is in flight. Run it with `afrl serve` (see service/README.md).
+stops taking work and drains what is in flight. Under `afrl serve` the drain happens before uvicorn closes its
+sockets (service/server.py), so /ready answers 503 while it lasts. Run it with `afrl serve` (service/README.md).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         be = backend if backend is not None else await asyncio.to_thread(load_backend, settings)
         services = start_services(be, settings, metrics)
         app.state.backend = be
+        app.state.services = services  # the shutdown drain (service/server.py) stops and cuts them
         app.state.scoring = services.scoring
         app.state.explainer = services.explainer
         if settings.warmup:

@@ -99,6 +99,7 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._busy = False
         self._closing = False
+        self._running: list[Job] = []  # the batch in the worker now (cut() ends it on shutdown)
         self._last_pass_s = 0.05
 
     # ------------------------------------------------------------------------------------------------ public
@@ -138,6 +139,23 @@ class Batcher:
             self.metrics.cancelled.labels(reason="client_disconnected").inc()
             raise
         return logits, Timing(job.queue_s, job.inference_s)
+
+    def stop_taking_work(self) -> None:
+        """Refuse new jobs (ShuttingDownError, 503) while the queued and running ones finish: the drain."""
+        self._closing = True
+
+    def cut(self) -> int:
+        """The drain window is over: every job still queued or running ends now with ShuttingDownError (503) and
+        is counted as `shutdown`; a running one stops before its next pass. Returns how many were cut."""
+        self._closing = True
+        cut = 0
+        for job in [*self._jobs, *self._running]:
+            if not job.future.done():
+                cut += 1
+                self.metrics.cancelled.labels(reason="shutdown").inc()
+                job.abandoned.set()
+                job.future.set_exception(ShuttingDownError("the server is shutting down and the drain window ended"))
+        return cut
 
     async def close(self, drain_timeout_s: float) -> None:
         """Stop taking work, let queued and running jobs finish (up to the timeout), then stop the loop."""
@@ -222,6 +240,7 @@ class Batcher:
             if not live:
                 continue
             self._busy = True
+            self._running = live
             start = time.monotonic()
             try:
                 results = await loop.run_in_executor(self._executor, self._execute, live)
@@ -233,6 +252,7 @@ class Batcher:
                 continue
             finally:
                 self._busy = False
+                self._running = []
             elapsed = time.monotonic() - start
             for job, logits in zip(live, results, strict=True):
                 job.inference_s = elapsed

@@ -38,11 +38,11 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
     from pydantic import ValidationError
 
     from service.app import create_app
     from service.logs import configure_logging
+    from service.server import serve
     from service.settings import Settings
 
     overrides = {k: getattr(args, k) for k in _FLAGS if getattr(args, k, None) is not None}
@@ -53,12 +53,6 @@ def run(args: argparse.Namespace) -> int:
         problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}" for err in e.errors())
         raise ValueError(f"invalid settings: {problems}") from None
     configure_logging(settings.log_json, settings.log_level)
-    app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,  # keep our JSON logging
-        timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
-    )
-    return 0
+    # service/server.py: the SIGTERM drain (AFRL_DRAIN_TIMEOUT_S) and the request-head timeout.
+    started = serve(create_app(settings), settings)
+    return 0 if started else 3  # 3: uvicorn's exit status for a failed start

@@ -3,6 +3,10 @@
 Generation runs in a worker thread (at most `max_concurrent_explanations` at once) and hands its events to the
 event loop through a queue. When the consumer goes away (a client disconnect cancels the SSE generator), the
 `finally` sets the stop flag and the backend stops within one token, so abandoned streams cost nothing more.
+
+On shutdown (service/server.py) `stop_taking_work` refuses new explanations while open ones may finish; when the
+drain window ends, `cut` wakes every open stream, which raises ShuttingDownError (an `error` event upstream, so a
+stream always ends with `done` or `error`) and is counted in `afrl_cancelled_total{reason="shutdown"}`.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from typing import Any
 
 from afrl.contract import Prompt, parse_completion, result_from_logits
 from service.backends.base import Backend, ScoreStep, StreamEnd, TextDelta
-from service.batcher import DeadlineError, QueueFullError
+from service.batcher import DeadlineError, QueueFullError, ShuttingDownError
 from service.metrics import Metrics
 
 _DONE = object()
+_CUT = object()  # put into a stream's queue by `cut`: the drain window is over
 
 
 class Explainer:
@@ -32,9 +37,13 @@ class Explainer:
         self._waiting = 0
         self._executor = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="afrl-explain")
         self.active = 0  # generations running now (tests watch it fall to zero after a disconnect)
+        self._streams: set[asyncio.Queue[Any]] = set()  # the event queues of open streams, for `cut`
+        self._refusing = self._cut = False
 
     def admit(self) -> None:
-        """Refuse early (429) when too many explanations already wait for a slot."""
+        """Refuse early: 503 while shutting down, 429 when too many explanations already wait for a slot."""
+        if self._refusing:
+            raise ShuttingDownError("the server is shutting down; retry on another instance")
         if self._waiting >= self.max_waiting:
             raise QueueFullError(retry_after=max(1, int(self.timeout_s / 10)))
 
@@ -52,6 +61,9 @@ class Explainer:
         stop = threading.Event()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._streams.add(queue)
+        if self._cut:  # cut while this stream waited for its slot
+            queue.put_nowait(_CUT)
 
         def put(item: Any) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, item)
@@ -79,6 +91,12 @@ class Explainer:
                     raise DeadlineError(f"the explanation did not finish within {self.timeout_s:g} s") from e
                 if item is _DONE:
                     break
+                if item is _CUT:
+                    self.metrics.cancelled.labels(reason="shutdown").inc()
+                    raise ShuttingDownError(
+                        "the server is shutting down; the explanation was cut at the end of "
+                        "the drain window (AFRL_DRAIN_TIMEOUT_S); retry on another instance"
+                    )
                 if isinstance(item, BaseException):
                     raise item
                 if isinstance(item, ScoreStep):
@@ -118,7 +136,19 @@ class Explainer:
         finally:
             # Runs on normal end, on errors and when the client disconnects (the generator is cancelled/closed).
             stop.set()
+            self._streams.discard(queue)
             self._slots.release()
+
+    def stop_taking_work(self) -> None:
+        """Refuse new explanations (503) while open streams finish: the drain."""
+        self._refusing = True
+
+    def cut(self) -> int:
+        """End every open stream now with ShuttingDownError (the drain window is over); returns how many."""
+        self._refusing = self._cut = True
+        for queue in self._streams:
+            queue.put_nowait(_CUT)
+        return len(self._streams) + self._waiting
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -25,6 +25,16 @@ class Services:
     explainer: Explainer
     tokenize: ThreadPoolExecutor
 
+    def stop_taking_work(self) -> None:
+        """The drain begins (SIGTERM): new scoring and explanations get 503, in-flight work goes on."""
+        self.batcher.stop_taking_work()
+        self.explainer.stop_taking_work()
+
+    def cut(self) -> int:
+        """The drain window is over: open streams end with an `error` event and queued or running scoring jobs
+        with 503, each counted in `afrl_cancelled_total{reason="shutdown"}`. Returns how many were cut."""
+        return self.batcher.cut() + self.explainer.cut()
+
     async def close(self, drain_timeout_s: float) -> None:
         """Stop taking work, drain what is in flight (up to the timeout), then stop the worker threads."""
         await self.batcher.close(drain_timeout_s)

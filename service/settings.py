@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(
         default=30.0, gt=0, description="a client that stalls this long mid-body gets 408 and its connection closed"
     )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="a client whose request headers are not complete this long after it connects (or after its last "
+        "response) gets 408 and its connection closed",
+    )
     request_timeout_s: float = Field(default=30.0, gt=0, description="deadline of a scoring request; past it, 503")
     prefix_reuse: bool = Field(default=True, description="compute a shared instruction + query prefix once (KV cache)")
     prefix_reuse_min_documents: int = Field(default=4, ge=2, description="documents per query to reuse a prefix")
@@ -51,7 +57,12 @@ class Settings(BaseSettings):
     explain_timeout_s: float = Field(default=120.0, gt=0, description="deadline of one whole explanation")
 
     warmup: bool = Field(default=True, description="run a few requests through the model before /ready turns true")
-    drain_timeout_s: float = Field(default=30.0, ge=0, description="how long shutdown waits for in-flight work")
+    drain_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="on SIGTERM: how long in-flight work may finish (/ready is false meanwhile); streams still open "
+        "then end with an `error` event",
+    )
     log_json: bool = Field(default=True, description="one JSON object per log line")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info")
 

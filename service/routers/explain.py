@@ -1,7 +1,7 @@
 """POST /explain: Server-Sent Events `score` (before any explanation token), `delta`..., `done`; or one JSON.
 
-Errors that happen after the stream has started (deadline, backend failure) arrive as an `error` event with a
-`status` field, since the HTTP status has already been sent.
+Errors that happen after the stream has started (deadline, shutdown, backend failure) arrive as an `error` event
+with a `status` field, since the HTTP status has already been sent: every stream ends with `done` or `error`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from service.batcher import DeadlineError
+from service.batcher import DeadlineError, ShuttingDownError
 from service.cancellation import until_disconnect
 from service.deps import ApiKey, ExplainerDep, ScoringDep, SettingsDep
 from service.errors import ERROR_RESPONSES
@@ -80,7 +80,7 @@ async def _sse(events: AsyncIterator[tuple[str, dict[str, Any]]], request_id: st
     try:
         async for name, payload in events:
             yield ServerSentEvent(data=json.dumps(payload), event=name)
-    except DeadlineError as e:
+    except (DeadlineError, ShuttingDownError) as e:
         yield ServerSentEvent(data=json.dumps({"status": 503, "detail": str(e)}), event="error")
     except Exception as e:
         log.exception("explanation failed", extra={"request_id": request_id})

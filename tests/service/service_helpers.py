@@ -1,24 +1,31 @@
-"""Test helpers: a real uvicorn server in a thread, an in-process async client with the lifespan run, and a
-backend wrapper that can hold inference at a gate (to fill queues and pass deadlines deterministically)."""
+"""Test helpers: a real uvicorn server in a thread (configured as `afrl serve` configures it), a real `afrl serve`
+process, an in-process async client with the lifespan run, and a backend wrapper that can hold inference at a
+gate (to fill queues and pass deadlines deterministically)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 from fastapi import FastAPI
 
 from afrl.contract import GradeScale, PromptBuilder
 from afrl.scorer import TorchScorer
 from service.backends.base import ScoreStep, StreamEnd, TextDelta
 from service.backends.torch_backend import TorchBackend
+from service.server import DrainingServer, uvicorn_config
 from service.settings import Settings
+
+HERE = Path(__file__).resolve().parent
 
 
 def make_backend(model: Any, tok: Any, max_query_tokens: int = 16, max_document_tokens: int = 48) -> TorchBackend:
@@ -42,7 +49,8 @@ def free_port() -> int:
 def serve(app: FastAPI) -> Iterator[str]:
     """Run the app under a real uvicorn server on a free port; yields its base URL once it is ready."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    settings = app.state.settings
+    server = DrainingServer(uvicorn_config(app, settings, port=port), app, settings.drain_timeout_s)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -55,6 +63,34 @@ def serve(app: FastAPI) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+@contextlib.contextmanager
+def afrl_serve(log: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A real `afrl serve` process (tests/service/serve_tiny.py: the tiny model, endless explanations) with the
+    given AFRL_* variables; yields (base URL, process) once /ready is true. Killed on the way out if still alive."""
+    port = free_port()
+    environ = {**os.environ, "PYTHONPATH": str(HERE.parents[1]), "AFRL_WARMUP": "false", "AFRL_LOG_JSON": "false"}
+    environ.pop("AFRL_API_KEY", None)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(HERE / "serve_tiny.py"), str(port)], env={**environ, **env}, stdout=out, stderr=out
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, f"afrl serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"afrl serve not ready:\n{log.read_text()[-3000:]}"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.1)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
 
 
 @contextlib.asynccontextmanager

@@ -3,20 +3,30 @@
 Each test fails on the code before the fix: non-finite JSON numbers and lone surrogates gave 500 (the validation
 handler echoed them back and could not encode them); a client that left, or a passed deadline, did not stop
 the model work (checked by the backend's own pair counter and by `afrl_cancelled_total`); an instruction had
-no token limit; the API key was checked after the body was parsed; 413s were counted as `unmatched`.
+no token limit; the API key was checked after the body was parsed; 413s were counted as `unmatched`; SIGTERM cut
+open SSE streams after ~0.4 s with no final event and an unterminated body, and /ready never answered 503; a
+client that stopped in the middle of its request headers was never timed out. The last two run a real `afrl serve`
+process (SIGTERM reaches uvicorn's handlers only in a main thread; the request head is read by uvicorn itself).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
+import signal
+import socket
 import threading
 import time
 
 import httpx
 import pytest
-from service_helpers import GatedBackend, make_backend, serve, settings
+from service_helpers import GatedBackend, afrl_serve, make_backend, serve, settings
 
 from service.app import create_app
+from service.batcher import ShuttingDownError
+from service.explainer import Explainer
+from service.metrics import Metrics
 
 QUERY = "population of berlin"
 JSON = {"content-type": "application/json"}
@@ -191,8 +201,6 @@ def test_api_key_is_checked_before_the_body_and_refusals_keep_their_endpoint(tin
 
 
 def test_stalled_upload_gets_408_and_its_connection_closed(tiny):
-    import socket
-
     app = create_app(settings(warmup=False, body_timeout_s=0.5), tiny)
     with serve(app) as url, httpx.Client(base_url=url, timeout=30) as c:
         host, port = url.removeprefix("http://").split(":")
@@ -210,3 +218,136 @@ def test_stalled_upload_gets_408_and_its_connection_closed(tiny):
         assert b"AFRL_BODY_TIMEOUT_S" in reply
         assert waited < 5
         assert c.post("/score", json={"query": QUERY, "documents": ["b"]}).status_code == 200
+
+
+def _address(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+def _read_to_close(s: socket.socket) -> bytes:
+    reply = b""
+    while chunk := s.recv(65536):  # b"" once the server has closed the connection
+        reply += chunk
+    return reply
+
+
+def _dechunk(raw: bytes) -> tuple[bytes, bool]:
+    """The body of a chunked HTTP/1.1 response, and whether it ended with the terminating zero-size chunk."""
+    _, _, rest = raw.partition(b"\r\n\r\n")
+    body = b""
+    while rest:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            return body, rest.startswith(b"\r\n")
+        if len(rest) < size + 2:
+            break
+        body, rest = body + rest[:size], rest[size + 2 :]
+    return body, False
+
+
+def _sse_events(body: bytes) -> list[tuple[str, str]]:
+    events = []
+    for block in body.decode().replace("\r\n", "\n").split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.split("\n") if ": " in line and not line.startswith(":"))
+        if "event" in fields:
+            events.append((fields["event"], fields.get("data", "")))
+    return events
+
+
+def test_sigterm_drains_an_open_stream_then_ends_it_with_an_error_event(tmp_path):
+    drain = 1.5
+    log = tmp_path / "server.log"
+    body = json.dumps({"query": QUERY, "document": "Berlin had 3.5 million inhabitants."}).encode()
+    request = b"POST /explain HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    request += b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    with afrl_serve(log, AFRL_DRAIN_TIMEOUT_S=str(drain)) as (url, proc):
+        with socket.create_connection(_address(url), timeout=drain + 5) as s:
+            s.sendall(request)
+            raw = b""
+            while b"event: delta" not in raw:  # the explanation is streaming (it never ends by itself)
+                chunk = s.recv(65536)
+                assert chunk, raw
+                raw += chunk
+            proc.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            rest: list[bytes] = []
+            reader = threading.Thread(target=lambda: rest.append(_read_to_close(s)))
+            reader.start()
+            ready: list[int | None] = []
+            while reader.is_alive() and time.monotonic() - signalled < drain + 5:
+                try:
+                    ready.append(httpx.get(url + "/ready", timeout=1).status_code)
+                except httpx.HTTPError:
+                    ready.append(None)  # the drain is over and the port is closed
+                time.sleep(0.1)
+            reader.join(drain + 5)
+            ended = time.monotonic() - signalled
+        proc.wait(10)
+    text = log.read_text()
+    stream, terminated = _dechunk(raw + b"".join(rest))
+    assert terminated, "the chunked body was not terminated"
+    events = _sse_events(stream)
+    assert [name for name, _ in events[:2]] == ["score", "delta"], events[:3]
+    name, data = events[-1]
+    assert name == "error", events[-3:]
+    assert json.loads(data)["status"] == 503 and "shutting down" in json.loads(data)["detail"]
+    assert drain - 0.3 < ended < drain + 3, ended  # it ran through the drain window, then was cut
+    assert "cut 1 stream" in text, text[-2000:]  # after afrl_cancelled_total{reason="shutdown"} was counted
+    assert "without completing response" not in text, text[-2000:]
+    assert 503 in ready, ready  # reachable during the drain, and not ready
+    assert 200 not in ready[ready.index(503) :], ready
+
+
+def test_drain_refuses_new_explanations_and_cut_ends_open_ones_counted_as_shutdown(tiny):
+    """The pieces the SIGTERM drain drives, in process: where the counter can be read after the cut."""
+
+    async def main() -> str:
+        metrics = Metrics()
+        backend = GatedBackend(tiny)
+        backend.gate.set()
+        explainer = Explainer(backend, metrics, max_concurrent=1, timeout_s=30)
+        prompt = tiny.builder.build_many([(QUERY, "d")])[0]
+        events = explainer.events(prompt, "d", 4096, time.monotonic())
+        assert (await anext(events))[0] == "score"
+        explainer.stop_taking_work()
+        with pytest.raises(ShuttingDownError):
+            explainer.admit()
+        assert (await anext(events))[0] == "delta"  # the open stream goes on during the drain
+        assert explainer.cut() == 1
+        with pytest.raises(ShuttingDownError, match="drain window"):
+            async for _ in events:
+                pass
+        assert backend.generation_stopped.wait(5)
+        explainer.close()
+        return metrics.render().decode()
+
+    assert _metric(asyncio.run(main()), "afrl_cancelled_total", '{reason="shutdown"}') == 1
+
+
+def test_client_that_stalls_mid_headers_gets_408_and_is_closed(tmp_path):
+    timeout = 0.5
+    with afrl_serve(tmp_path / "server.log", AFRL_HEADER_TIMEOUT_S=str(timeout)) as (url, _):
+        with socket.create_connection(_address(url), timeout=5) as s:
+            s.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\n")  # and never the rest of the head
+            started = time.monotonic()
+            reply = _read_to_close(s)
+            waited = time.monotonic() - started
+        assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+        assert b"AFRL_HEADER_TIMEOUT_S" in reply and b"connection: close" in reply.lower()
+        assert timeout - 0.1 < waited < timeout + 2, waited
+        with socket.create_connection(_address(url), timeout=5) as s:
+            # after a first answer, the keep-alive connection's next head is held to the same deadline
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            first = b""
+            while b"}" not in first:
+                first += s.recv(4096)
+            s.sendall(b"GET /health HTTP/1.1\r\nHo")
+            second = _read_to_close(s)
+        assert first.startswith(b"HTTP/1.1 200") and second.startswith(b"HTTP/1.1 408"), (first, second)
+        with socket.create_connection(_address(url), timeout=5) as s:
+            started = time.monotonic()
+            assert _read_to_close(s) == b""  # a connection that sends nothing is closed, with nothing to answer
+            assert time.monotonic() - started < timeout + 2
+        assert httpx.post(url + "/score", json={"query": QUERY, "documents": ["b"]}, timeout=10).status_code == 200
