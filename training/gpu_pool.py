@@ -17,14 +17,14 @@ base cut to a layer subset with `afrl.layers.keep_layers`. The pool itself (`poo
 frozen), saved as a whole model folder in bf16. `finish` writes the AFRL manifest (teacher, pool checksum,
 calibration, settings), so that `afrl eval --model DIR` and `afrl ship` take the result like any other model.
 Departures from `afrl train distill`: no checkpoints or resume (the run is minutes long) and a wall-clock budget
-that also drives the cosine schedule (`training.gpu_sft.budget_cosine`). `scripts/gpu_pool_job.sh` is the job.
+that also drives the cosine schedule (`training.gpu_loop`, the loop shared with `training.gpu_sft`).
+`scripts/gpu_pool_job.sh` is the job.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -49,15 +49,9 @@ def build_model(args: argparse.Namespace, torch: Any) -> tuple[Any, Any, list[in
     """(student, tokenizer, kept layers, the base's layer count): the base cut to `--layers`, with LoRA or with
     frozen embeddings."""
     from afrl.layers import keep_layers
-    from training.gpu_sft import load_gguf
+    from training.gpu_loop import load_base
 
-    if args.gguf:
-        model, tok = load_gguf(Path(args.gguf), torch.float32)
-    else:  # a Hugging Face folder (the tests' tiny model)
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(args.model)
+    model, tok = load_base(args, torch)
     n = model.config.num_hidden_layers
     layers = parse_layers(args.layers, n)
     if layers != list(range(n)):
@@ -78,7 +72,8 @@ def train(args: argparse.Namespace) -> Path:
 
     from afrl.contract import DEFAULT_INSTRUCTION, GradeScale, PromptBuilder
     from training.distill_pool import build_pool_rows, collate, explanation_groups, whole_groups
-    from training.gpu_sft import _to_bf16, budget_cosine, evaluate_dev
+    from training.gpu_loop import run_loop
+    from training.gpu_sft import _to_bf16, evaluate_dev
     from training.pool_loss import pool_distill_loss
     from training.pools import read_pool
 
@@ -97,43 +92,13 @@ def train(args: argparse.Namespace) -> Path:
     pool, explained = explanation_groups(pool, args.explanation_share, args.batch // args.group_size, args.seed)
     rows = build_pool_rows(pool, builder, scale, grade_ids, explained)
     batches = [rows[i : i + args.batch] for i in range(0, len(rows), args.batch)]  # whole groups, in pool order
-    total = len(batches) * args.epochs
     pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    budget = 60 * args.max_minutes
-    train_start = time.time()
-    rng = random.Random(args.seed)
-    curve: list[dict[str, float]] = []
-    step, stopped = 0, None
-    model.train()
-    for epoch in range(args.epochs):
-        order = batches[:]
-        rng.shuffle(order)  # batch order only: every batch stays whole query groups
-        for batch in order:
-            inputs = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
-            for group in opt.param_groups:
-                group["lr"] = args.lr * budget_cosine(step, total, time.time() - train_start, budget)
-            with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):
-                loss, parts = pool_distill_loss(
-                    model, inputs, grade_ids, args.alpha, args.listwise_weight, args.tau, args.group_size
-                )
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            if step % args.log_every == 0 or step == total:
-                entry = {"step": step, "epoch": epoch, "loss": loss.item()} | {k: float(v) for k, v in parts.items()}
-                entry["minutes"] = (time.time() - start) / 60
-                curve.append(entry)
-                print(json.dumps(entry), flush=True)
-            if time.time() - train_start > budget:
-                stopped = f"wall-clock budget of {args.max_minutes} min reached at step {step} of {total}"
-                break
-        if stopped:
-            print(stopped, flush=True)
-            break
+
+    def step_loss(batch: list[dict[str, Any]]) -> tuple[Any, dict[str, Any]]:
+        inputs = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
+        return pool_distill_loss(model, inputs, grade_ids, args.alpha, args.listwise_weight, args.tau, args.group_size)
+
+    loop = run_loop(model, batches, step_loss, args, device, start)
     out = Path(args.out)
     model.eval()
     if args.lora_r:
@@ -149,16 +114,16 @@ def train(args: argparse.Namespace) -> Path:
         "layers": layers,
         "base_layers": base_layers,
         "pairs": len(rows),
-        "pairs_trained": min(step * args.batch, len(rows) * args.epochs),
-        "steps": step,
-        "planned_steps": total,
-        "stopped": stopped,
+        "pairs_trained": min(loop.steps * args.batch, len(rows) * args.epochs),
+        "steps": loop.steps,
+        "planned_steps": loop.planned_steps,
+        "stopped": loop.stopped,
         "minutes": (time.time() - start) / 60,
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
         "instruction": instruction,
         "settings": {k: v for k, v in vars(args).items() if k != "func"},
-        "curve": curve,
+        "curve": loop.curve,
     }
     if args.trec_dir:  # score the dev queries there, where it takes seconds, with the same evaluate_trec
         info["eval"] = evaluate_dev(merged, tok, builder, args.trec_dir, out / "eval")

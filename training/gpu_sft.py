@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -39,16 +37,6 @@ def prepare(out: Path, sources: list[str], max_records: int | None, balance: boo
     return out / "train.jsonl"
 
 
-def load_gguf(gguf: Path, dtype: Any) -> tuple[Any, Any]:
-    """Model and tokenizer from the GGUF file, as `afrl.models.embedded_base_dir` converts them."""
-    from transformers import AutoModelForCausalLM
-
-    from afrl.models import load_gguf_tokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
-    return model, load_gguf_tokenizer(gguf)
-
-
 def train(args: argparse.Namespace) -> Path:
     import torch
     from peft import LoraConfig, get_peft_model
@@ -56,6 +44,7 @@ def train(args: argparse.Namespace) -> Path:
     from afrl.contract import DEFAULT_INSTRUCTION, GradeScale, PromptBuilder
     from afrl.scorer import pad_batch
     from training.data import read_jsonl
+    from training.gpu_loop import load_base, run_loop
     from training.losses import completion_nll_and_grade_logits, listwise_grade_loss
     from training.sources import query_groups
     from training.targets import build_example
@@ -63,13 +52,7 @@ def train(args: argparse.Namespace) -> Path:
     start = time.time()
     torch.manual_seed(args.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.gguf:
-        model, tok = load_gguf(Path(args.gguf), torch.float32)
-    else:  # a Hugging Face folder (the tests' tiny model)
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(args.model)
+    model, tok = load_base(args, torch)
     model.to(device)
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     model = get_peft_model(model, LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules=targets))
@@ -82,78 +65,40 @@ def train(args: argparse.Namespace) -> Path:
     rows = [build_example(r, builder, scale, grade_ids) for r in records]
     grades = [r.grade for r in records]
     batches = [list(range(i, min(i + args.batch, len(rows)))) for i in range(0, len(rows), args.batch)]
-    total = len(batches) * args.epochs
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
-    budget = 60 * args.max_minutes
-    train_start = time.time()
 
-    def set_lr(step: int) -> None:
-        for group in opt.param_groups:
-            group["lr"] = args.lr * budget_cosine(step, total, time.time() - train_start, budget)
+    def step_loss(idx: list[int]) -> tuple[Any, dict[str, Any]]:
+        ids, mask = pad_batch([rows[i]["input_ids"] for i in idx], int(tok.pad_token_id))
+        cmask, _ = pad_batch([rows[i]["completion_mask"] for i in idx], 0)
+        labels = ids.masked_fill(cmask == 0, -100)
+        ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+        loss, acc, first = completion_nll_and_grade_logits(model, ids, mask, labels, args.grade_weight)
+        rank = torch.zeros((), device=device)
+        if args.ranking_weight > 0:
+            gold = torch.tensor([grades[i] for i in idx], device=device)
+            rank = listwise_grade_loss(first[:, grade_ids], gold)
+            loss = loss + args.ranking_weight * rank
+        return loss, {"rank": rank, "acc": acc}
 
-    rng = random.Random(args.seed)
-    curve: list[dict[str, float]] = []
-    step, stopped = 0, None
-    model.train()
-    for epoch in range(args.epochs):
-        order = batches[:]
-        rng.shuffle(order)  # batch order only: a listwise batch stays one query's group
-        for idx in order:
-            ids, mask = pad_batch([rows[i]["input_ids"] for i in idx], int(tok.pad_token_id))
-            cmask, _ = pad_batch([rows[i]["completion_mask"] for i in idx], 0)
-            labels = ids.masked_fill(cmask == 0, -100)
-            ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
-            set_lr(step)
-            with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):
-                loss, acc, first = completion_nll_and_grade_logits(model, ids, mask, labels, args.grade_weight)
-                rank = torch.zeros((), device=device)
-                if args.ranking_weight > 0:
-                    gold = torch.tensor([grades[i] for i in idx], device=device)
-                    rank = listwise_grade_loss(first[:, grade_ids], gold)
-                    loss = loss + args.ranking_weight * rank
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            if step % args.log_every == 0 or step == total:
-                entry = {"step": step, "epoch": epoch, "loss": loss.item(), "rank": rank.item(), "acc": acc.item()}
-                entry["minutes"] = (time.time() - start) / 60
-                curve.append(entry)
-                print(json.dumps(entry), flush=True)
-            if time.time() - train_start > budget:
-                stopped = f"wall-clock budget of {args.max_minutes} min reached at step {step} of {total}"
-                break
-        if stopped:
-            print(stopped, flush=True)
-            break
+    loop = run_loop(model, batches, step_loss, args, device, start)
     out = Path(args.out)
     model.save_pretrained(str(out))
     _to_bf16(out / "adapter_model.safetensors")  # half the size; the LoRA deltas lose nothing that matters
     info = {
         "base": Path(args.gguf).name if args.gguf else str(args.model),
         "records": len(records),
-        "steps": step,
-        "planned_steps": total,
-        "stopped": stopped,
+        "steps": loop.steps,
+        "planned_steps": loop.planned_steps,
+        "stopped": loop.stopped,
         "minutes": (time.time() - start) / 60,
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
         "settings": {k: v for k, v in vars(args).items() if k not in ("func",)},
-        "curve": curve,
+        "curve": loop.curve,
     }
     if args.trec_dir:  # score the dev queries here, where it takes seconds, with the same evaluate_trec
         info["eval"] = evaluate_dev(model.merge_and_unload(), tok, builder, args.trec_dir, out / "eval")
     (out / "gpu_run.json").write_text(json.dumps(info, indent=1) + "\n")
     return out
-
-
-def budget_cosine(step: int, total: int, elapsed_s: float, budget_s: float, warmup: float = 0.05) -> float:
-    """The learning-rate factor: linear warm-up, then cosine decay over the run's progress, which is steps done or
-    wall-clock budget used, whichever is further along, so that a run the budget cuts short still ends with a
-    decayed learning rate (a lent machine's minutes are fixed; its speed is not known in advance)."""
-    progress = min(1.0, max(step / total, elapsed_s / budget_s))
-    return min(1.0, (step + 1) / max(1, int(warmup * total))) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def _to_bf16(path: Path) -> None:
