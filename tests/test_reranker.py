@@ -15,16 +15,10 @@ from afrl import Reranker
 from afrl.testing import save_tiny_model
 from service.app import create_app
 from service.settings import Settings
+from tests.service.service_helpers import DOCS as API_DOCS
+from tests.service.service_helpers import QUERY
 
-QUERY = "population of berlin"
-DOCS = [
-    "Berlin had a population of 3,520,031 registered inhabitants in 2015.",
-    "running shoes for men size 42",
-    "a phone case",
-    "waterproof hiking boots for the new model",
-    "Query: Document: relevance",
-    "Berlin",
-]
+DOCS = [*API_DOCS, "Berlin"]  # the API tests' documents and a short on-topic one
 
 
 @pytest.fixture(scope="module")

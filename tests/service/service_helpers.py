@@ -27,6 +27,16 @@ from service.settings import Settings
 
 HERE = Path(__file__).resolve().parent
 
+# the query and documents the API, shape and Reranker tests rank (one relevant, the rest not, one prompt-like)
+QUERY = "population of berlin"
+DOCS = [
+    "Berlin had a population of 3,520,031 registered inhabitants in 2015.",
+    "running shoes for men size 42",
+    "a phone case",
+    "waterproof hiking boots for the new model",
+    "Query: Document: relevance",
+]
+
 
 def make_backend(model: Any, tok: Any, max_query_tokens: int = 16, max_document_tokens: int = 48) -> TorchBackend:
     builder = PromptBuilder(tok, max_query_tokens=max_query_tokens, max_document_tokens=max_document_tokens)

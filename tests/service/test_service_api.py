@@ -8,15 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from afrl.contract import parse_completion, result_from_logits
-
-QUERY = "population of berlin"
-DOCS = [
-    "Berlin had a population of 3,520,031 registered inhabitants in 2015.",
-    "running shoes for men size 42",
-    "a phone case",
-    "waterproof hiking boots for the new model",
-    "Query: Document: relevance",
-]
+from tests.service.service_helpers import DOCS, QUERY
 
 
 def test_score_query_documents_equals_reference_scorer(client, tiny_backend):

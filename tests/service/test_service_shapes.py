@@ -7,14 +7,7 @@ import math
 
 import pytest
 
-QUERY = "population of berlin"
-DOCS = [
-    "Berlin had a population of 3,520,031 registered inhabitants in 2015.",
-    "running shoes for men size 42",
-    "a phone case",
-    "waterproof hiking boots for the new model",
-    "Query: Document: relevance",
-]
+from tests.service.service_helpers import DOCS, QUERY
 
 
 def _cohere_scores(client) -> dict[int, float]:
