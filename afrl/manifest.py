@@ -171,3 +171,13 @@ def load_verified(directory: str | Path) -> Manifest:
     manifest = Manifest.read(directory)
     manifest.verify_files(directory)
     return manifest
+
+
+def model_fingerprint(path: Path) -> str:
+    """sha256 of the model's manifest, or of its config and weight files when it has none (a plain base).
+
+    The manifest lists every file with its sha256, so its own hash names the model exactly."""
+    if (path / MANIFEST_NAME).is_file():
+        return sha256_file(path / MANIFEST_NAME)
+    names = sorted(p.name for p in path.iterdir() if p.suffix in (".json", ".safetensors", ".bin"))
+    return sha256_text(json.dumps({n: sha256_file(path / n) for n in names}))

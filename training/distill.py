@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from afrl.contract import DEFAULT_INSTRUCTION, GradeScale, Prompt, PromptBuilder, sha256_text
-from afrl.manifest import MANIFEST_NAME, Manifest, load_verified, sha256_file
+from afrl.manifest import MANIFEST_NAME, Manifest, load_verified, model_fingerprint
 from afrl.scorer import TorchScorer, pad_batch
 from training.config import AfrlSFTConfig
 from training.data import Record
@@ -137,14 +137,6 @@ class AfrlDistillConfig(AfrlSFTConfig):
 
 
 # ---------------------------------------------------------------------------------------------------- teacher
-
-
-def model_fingerprint(path: Path) -> str:
-    """sha256 of the model's manifest, or of its config and weight files when it has none (a plain base)."""
-    if (path / MANIFEST_NAME).is_file():
-        return sha256_file(path / MANIFEST_NAME)
-    names = sorted(p.name for p in path.iterdir() if p.suffix in (".json", ".safetensors", ".bin"))
-    return sha256_text(json.dumps({n: sha256_file(path / n) for n in names}))
 
 
 def read_instruction_for(config: AfrlDistillConfig, teacher_path: Path) -> str:
