@@ -32,7 +32,10 @@ import asyncio
 import threading
 import time
 from collections.abc import Coroutine, Iterator, Sequence
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+if TYPE_CHECKING:
+    from afrl.contract import GradeResult
 
 T = TypeVar("T")
 
@@ -91,6 +94,15 @@ class Reranker:
     ) -> list[float]:
         """The AFRL score (expected grade / K in [0, 1]) of each (query, document) pair, in input order."""
         return [r.score for r in self._score(pairs, instruction, show_progress_bar)]
+
+    def predict_grades(
+        self,
+        pairs: Sequence[Sequence[str]],
+        show_progress_bar: bool | None = None,
+        instruction: str | None = None,
+    ) -> list[GradeResult]:
+        """`predict` with the whole result per pair: `grade`, `score` and the grade `probabilities`."""
+        return self._score(pairs, instruction, show_progress_bar)
 
     def rank(
         self,
@@ -155,7 +167,7 @@ class Reranker:
             raise RuntimeError("this Reranker is closed; create a new one")
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
-    def _score(self, pairs: Sequence[Sequence[str]], instruction: str | None, show: bool | None) -> list[Any]:
+    def _score(self, pairs: Sequence[Sequence[str]], instruction: str | None, show: bool | None) -> list[GradeResult]:
         """GradeResults through ScoringService.score, one job per `batch_size` pairs (a progress step each)."""
         from tqdm.auto import tqdm
 
