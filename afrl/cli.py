@@ -16,6 +16,7 @@ import sys
 # Modules that add subcommands; each must define register(subparsers).
 SUBCOMMAND_MODULES = [
     "afrl.cli_score",
+    "afrl.cli_batch_score",
     "afrl.shipping",
     "training.cli",
     "training.eval_cli",
