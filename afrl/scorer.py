@@ -17,6 +17,7 @@ import torch
 
 from afrl.contract import GradeResult, GradeScale, Prompt, PromptBuilder, result_from_logits
 from afrl.padding import pad_rows
+from afrl.prefix_lm import body, encoder_mask, grade_head_width, grade_logits_from_hidden, is_prefix_lm
 
 
 def pad_batch(
@@ -39,7 +40,10 @@ def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def grade_head(model: Any, grade_ids: Sequence[int]) -> torch.Tensor:
-    """The LM-head rows of the grade tokens: the sliced head, (K+1) x hidden."""
+    """The LM-head rows of the grade tokens of a causal LM: the sliced head, (K+1) x hidden. (A prefix LM's head
+    is not one matrix: use `afrl.prefix_lm.grade_logits_from_hidden`.)"""
+    if is_prefix_lm(model):
+        raise NotImplementedError("a prefix LM's grade head has a transform and a bias; it is not one matrix")
     head = model.get_output_embeddings()
     if getattr(head, "bias", None) is not None:
         raise NotImplementedError("LM heads with a bias are not supported by the sliced scorer")
@@ -47,10 +51,11 @@ def grade_head(model: Any, grade_ids: Sequence[int]) -> torch.Tensor:
 
 
 def last_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """(batch, hidden) final hidden state at the last real position: the vector the grade is read from."""
-    out = model.model(
+    """(batch, hidden) final hidden state at the last real position: the vector the grade is read from.
+    A prefix LM (`afrl.prefix_lm`) attends over the whole prompt; a causal LM left to right."""
+    out = body(model)(
         input_ids=input_ids,
-        attention_mask=attention_mask,
+        attention_mask=encoder_mask(model, attention_mask),
         position_ids=position_ids_from_mask(attention_mask),
         use_cache=False,
     )
@@ -62,7 +67,7 @@ def grade_logits(
     model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, grade_ids: Sequence[int]
 ) -> torch.Tensor:
     """(batch, K+1) grade logits at the last real position, in float32."""
-    return (last_hidden(model, input_ids, attention_mask) @ grade_head(model, grade_ids).T).float()
+    return grade_logits_from_hidden(model, last_hidden(model, input_ids, attention_mask), grade_ids).float()
 
 
 @dataclass
@@ -87,8 +92,7 @@ class TorchScorer:
 
     def hidden_for_prompts(self, prompts: Sequence[Prompt]) -> torch.Tensor:
         """(n, hidden) last-position hidden states in float32 (for probes: what the grade head sees)."""
-        width = self.model.get_output_embeddings().weight.shape[1]
-        return self._batched(prompts, partial(last_hidden, self.model), width)
+        return self._batched(prompts, partial(last_hidden, self.model), grade_head_width(self.model))
 
     @torch.inference_mode()
     def _batched(self, prompts: Sequence[Prompt], fn: Any, width: int) -> torch.Tensor:

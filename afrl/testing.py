@@ -78,7 +78,20 @@ def tiny_config(arch: str, vocab_size: int, num_layers: int = 2) -> Any:
         from transformers import LlamaConfig
 
         return LlamaConfig(**common)
-    raise ValueError(f"unknown tiny architecture {arch!r}; use 'qwen3' or 'llama'")
+    if arch == "bert":  # a prefix LM (afrl.prefix_lm): BertLMHeadModel, bidirectional over the prompt
+        from transformers import BertConfig
+
+        return BertConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=num_layers,
+            num_attention_heads=4,
+            max_position_embeddings=512,
+            is_decoder=True,
+            tie_word_embeddings=True,
+        )
+    raise ValueError(f"unknown tiny architecture {arch!r}; use 'qwen3', 'llama' or 'bert'")
 
 
 def build_tiny_model(arch: str = "qwen3", seed: int = 0, num_layers: int = 2) -> tuple[Any, Any]:

@@ -1,0 +1,95 @@
+"""Prefix-LM students (afrl.prefix_lm): bidirectional scoring, a training mask that matches cached generation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from afrl.contract import GradeScale, PromptBuilder
+from afrl.prefix_lm import grade_logits_from_hidden, is_prefix_lm, prefix_lm_mask, prompt_mask
+from afrl.scorer import TorchScorer, grade_head, grade_logits
+from afrl.testing import build_tiny_model
+
+PAIRS = [
+    ("population of berlin", "Berlin had a population of 3,520,031 registered inhabitants in 2015."),
+    ("running shoes", "waterproof hiking boots for men"),
+    ("what is the population of berlin", "a phone case for the new model"),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_bert():
+    return build_tiny_model("bert")
+
+
+def _prompt_ids(tok, query: str, document: str) -> list[int]:
+    return PromptBuilder(tok).build(query, document).input_ids
+
+
+def test_the_tiny_bert_is_a_prefix_lm_and_qwen3_is_not(tiny_bert):
+    model, _ = tiny_bert
+    assert is_prefix_lm(model)
+    assert not is_prefix_lm(build_tiny_model("qwen3")[0])
+    with pytest.raises(NotImplementedError, match="transform and a bias"):
+        grade_head(model, [1, 2])
+
+
+def test_scoring_attends_over_the_whole_prompt(tiny_bert):
+    """The scorer's logits are those of the same weights run bidirectionally (no causal triangle), and they
+    differ from a causal reading of the same prompt, so a causal mask sneaking back in fails this test."""
+    model, tok = tiny_bert
+    grade_ids = GradeScale().token_ids(tok)
+    ids = torch.tensor([_prompt_ids(tok, *PAIRS[0])])
+    mask = torch.ones_like(ids)
+    got = grade_logits(model, ids, mask, grade_ids)
+    with torch.no_grad():
+        hidden = model.bert(input_ids=ids, attention_mask=prompt_mask(mask)).last_hidden_state[:, -1]
+        bidirectional = grade_logits_from_hidden(model, hidden, grade_ids).float()
+        causal_hidden = model.bert(input_ids=ids, attention_mask=mask).last_hidden_state[:, -1]  # 2-D: causal
+        causal = grade_logits_from_hidden(model, causal_hidden, grade_ids).float()
+    torch.testing.assert_close(got, bidirectional)
+    assert (got - causal).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_padded_batches_score_like_single_prompts(tiny_bert, side):
+    model, tok = tiny_bert
+    scorer = TorchScorer(model, tok, PromptBuilder(tok), GradeScale(), batch_size=3, padding_side=side)
+    prompts = scorer.builder.build_many(PAIRS)
+    assert len({len(p.input_ids) for p in prompts}) > 1  # the batch really pads
+    batched = scorer.logits_for_prompts(prompts)
+    single = torch.cat([scorer.logits_for_prompts([p]) for p in prompts])
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
+
+
+def test_prefix_lm_mask_shape_of_attention():
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]])
+    m = prefix_lm_mask(mask, torch.tensor([3, 2]))
+    # row 0: prompt of 3 (positions 0-2), completion 3-4, padding 5
+    assert m[0, 0].tolist() == [1, 1, 1, 0, 0, 0]  # a prompt token sees the prompt only
+    assert m[0, 2].tolist() == [1, 1, 1, 0, 0, 0]
+    assert m[0, 3].tolist() == [1, 1, 1, 1, 0, 0]  # the first completion token sees the prompt and itself
+    assert m[0, 4].tolist() == [1, 1, 1, 1, 1, 0]  # never the padding
+    assert m[1, 1].tolist() == [1, 1, 0, 0, 0, 0]
+    assert m[1, 5].tolist() == [1, 1, 1, 1, 1, 1]
+
+
+def test_teacher_forcing_under_the_mask_equals_cached_generation(tiny_bert):
+    """What explanation training sees (one pass, prefix_lm_mask) is what generation computes (the prompt once,
+    bidirectionally, then one cached token at a time): the next-token logits agree at every step."""
+    model, tok = tiny_bert
+    prompt = _prompt_ids(tok, *PAIRS[0])
+    completion = tok.encode("2\nIntent: a number", add_special_tokens=False)
+    ids = torch.tensor([prompt + completion])
+    full_mask = prefix_lm_mask(torch.ones_like(ids), torch.tensor([len(prompt)]))
+    with torch.no_grad():
+        forced = model(input_ids=ids, attention_mask=full_mask).logits[0, len(prompt) - 1 : -1]
+        p = torch.tensor([prompt])
+        out = model(input_ids=p, attention_mask=prompt_mask(torch.ones_like(p)), use_cache=True)
+        steps, past = [out.logits[0, -1]], out.past_key_values
+        for t, token in enumerate(completion[:-1]):
+            seen = torch.ones((1, len(prompt) + t + 1), dtype=torch.long)
+            out = model(input_ids=torch.tensor([[token]]), attention_mask=seen, past_key_values=past, use_cache=True)
+            steps.append(out.logits[0, -1])
+            past = out.past_key_values
+    torch.testing.assert_close(forced, torch.stack(steps), atol=1e-4, rtol=1e-4)
