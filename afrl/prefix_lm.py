@@ -86,3 +86,36 @@ def grade_logits_from_hidden(model: Any, hidden: torch.Tensor, grade_ids: Sequen
 def grade_head_width(model: Any) -> int:
     """The width of the vector the grade head reads (the final hidden state)."""
     return int(model.get_output_embeddings().weight.shape[1])
+
+
+def prompt_pass(model: Any, input_ids: torch.Tensor, use_cache: bool = True) -> tuple[torch.Tensor, Any]:
+    """(next-token logits (batch, vocab) at the last position, KV cache) of an unpadded prompt batch: the pass
+    that gives the score before anything is decoded. A prefix LM gets its bidirectional mask; a causal LM keeps
+    only the last position's logits."""
+    if is_prefix_lm(model):
+        out = model(input_ids=input_ids, attention_mask=prompt_mask(torch.ones_like(input_ids)), use_cache=use_cache)
+    else:
+        out = model(input_ids=input_ids, use_cache=use_cache, logits_to_keep=1)
+    return out.logits[:, -1], out.past_key_values
+
+
+def step_pass(model: Any, token_ids: torch.Tensor, past: Any) -> tuple[torch.Tensor, Any]:
+    """(next-token logits, cache) after feeding one new token per row over `past`: it attends to the whole prompt
+    and every earlier new token, for both kinds of model."""
+    extra = {} if is_prefix_lm(model) else {"logits_to_keep": 1}
+    out = model(input_ids=token_ids, past_key_values=past, use_cache=True, **extra)
+    return out.logits[:, -1], out.past_key_values
+
+
+def greedy_continuation(model: Any, input_ids: torch.Tensor, max_new_tokens: int, eos_ids: set[int]) -> list[int]:
+    """Greedy token ids after a one-row prompt, stopping at an end token (not included) or the length limit."""
+    logits, past = prompt_pass(model, input_ids)
+    tokens: list[int] = []
+    while len(tokens) < max_new_tokens:
+        token = int(logits[0].argmax())
+        if token in eos_ids:
+            break
+        tokens.append(token)
+        if len(tokens) < max_new_tokens:
+            logits, past = step_pass(model, torch.tensor([[token]], device=input_ids.device), past)
+    return tokens

@@ -93,3 +93,49 @@ def test_teacher_forcing_under_the_mask_equals_cached_generation(tiny_bert):
             steps.append(out.logits[0, -1])
             past = out.past_key_values
     torch.testing.assert_close(forced, torch.stack(steps), atol=1e-4, rtol=1e-4)
+
+
+def test_the_torch_backend_explains_a_prefix_lm_after_its_own_score(tiny_bert):
+    """/explain on a prefix LM: its score event equals the scorer's logits (bidirectional prompt pass), the text
+    is the greedy continuation from that grade, and prefix reuse is refused rather than mis-scoring."""
+    import threading
+
+    from service.backends.base import ScoreStep, TextDelta
+    from service.backends.torch_backend import TorchBackend
+
+    model, tok = tiny_bert
+    scorer = TorchScorer(model, tok, PromptBuilder(tok), GradeScale())
+    backend = TorchBackend(scorer)
+    prompts = scorer.builder.build_many([(PAIRS[0][0], d) for _, d in PAIRS])
+    assert backend.grade_logits_shared_prefix(prompts, prompts[0].query_prefix_len) is None
+    events = list(backend.explain(prompts[0], 6, threading.Event()))
+    score = next(e for e in events if isinstance(e, ScoreStep))
+    np_ref = scorer.logits_for_prompts([prompts[0]]).numpy()[0]
+    assert abs(score.logits - np_ref).max() < 1e-4
+    text = "".join(e.text for e in events if isinstance(e, TextDelta))
+    grade = str(int(np_ref.argmax()))
+    prompt_ids = torch.tensor([[*prompts[0].input_ids, tok.convert_tokens_to_ids(grade)]])
+    from afrl.prefix_lm import greedy_continuation
+
+    rest = greedy_continuation(model, prompt_ids, 5, set())
+    assert text == tok.decode([tok.convert_tokens_to_ids(grade), *rest], skip_special_tokens=True)
+
+
+def test_eval_explains_a_prefix_lm_with_the_prefix_mask(tiny_bert):
+    """`afrl eval`'s explanation sample decodes a prefix LM through the bidirectional prompt pass, not
+    `generate` (which would read the prompt causally): each completion is the greedy continuation under the
+    prefix mask."""
+    from afrl.prefix_lm import greedy_continuation
+    from training.data import Record
+    from training.evaluate import explanation_consistency
+
+    model, tok = tiny_bert
+    scorer = TorchScorer(model, tok, PromptBuilder(tok), GradeScale())
+    records = [Record(id=str(i), query=q, document=d, grade=0) for i, (q, d) in enumerate(PAIRS)]
+    _, samples = explanation_consistency(scorer, records, sample=3, max_new_tokens=4)
+    assert len(samples) == 3
+    for s in samples:
+        r = records[int(s["id"])]
+        ids = torch.tensor([scorer.builder.build(r.query, r.document).input_ids])
+        expected = greedy_continuation(model, ids, 4, {tok.eos_token_id})
+        assert s["completion"] == tok.decode(expected, skip_special_tokens=True)

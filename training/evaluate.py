@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from afrl.contract import GradeResult, parse_completion, result_from_logits
+from afrl.prefix_lm import greedy_continuation, is_prefix_lm
 from afrl.scorer import TorchScorer
 from training.data import Record, TrecCollection, split_by_query
 from training.metrics import (
@@ -90,14 +91,19 @@ def explanation_consistency(
         prompt = scorer.builder.build(r.query, r.document, instruction)
         ids = torch.tensor([prompt.input_ids], device=device)
         with torch.inference_mode():
-            out = scorer.model.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=scorer.pad_id,
-            )
-        text = scorer.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+            if is_prefix_lm(scorer.model):  # `generate` would attend causally over the prompt
+                eos = {int(i) for i in (scorer.tokenizer.eos_token_id, scorer.tokenizer.sep_token_id) if i is not None}
+                new = greedy_continuation(scorer.model, ids, max_new_tokens, eos)
+            else:
+                out = scorer.model.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=scorer.pad_id,
+                )
+                new = out[0, ids.shape[1] :].tolist()
+        text = scorer.tokenizer.decode(new, skip_special_tokens=True)
         parsed = parse_completion(text, r.document, scorer.scale)
         samples.append(
             {

@@ -7,7 +7,8 @@
   over that cache, right-padded, with position ids continuing from the prefix. In fp32 this equals the plain
   path within 1e-4 (a test).
 * Explanations: one forward pass over the prompt gives the score (the grade logits at the last position, the
-  same numbers as /score) before anything is decoded; decoding then continues greedily from the argmax grade
+  same numbers as /score) before anything is decoded (a prefix LM, `afrl.prefix_lm`, attends over the whole
+  prompt there and gets no prefix reuse); decoding then continues greedily from the argmax grade
   token, one token at a time, checking a stop flag before each step so a disconnected client stops the work.
 * bf16 on CPUs with AMX or AVX512-BF16 (about 3x faster here), unless the settings say fp32.
 """
@@ -25,6 +26,7 @@ import torch
 
 from afrl.contract import Prompt
 from afrl.hardware import bf16_is_fast
+from afrl.prefix_lm import is_prefix_lm, prompt_pass, step_pass
 from afrl.scorer import TorchScorer, grade_head, grade_logits, last_real_index, pad_batch, position_ids_from_mask
 from service.backends.base import ExplainEvent, ScoreStep, StreamEnd, TextDelta
 
@@ -93,6 +95,8 @@ class TorchBackend:
 
     @torch.inference_mode()
     def grade_logits_shared_prefix(self, prompts: Sequence[Prompt], prefix_len: int) -> np.ndarray | None:
+        if is_prefix_lm(self.model):
+            return None  # a prefix LM's prompt states depend on the document: nothing before it can be reused
         first = prompts[0].input_ids[:prefix_len]
         if prefix_len < 1 or any(len(p.input_ids) <= prefix_len or p.input_ids[:prefix_len] != first for p in prompts):
             return None  # not a shared prefix (or nothing after it): the caller takes the plain path
@@ -119,13 +123,11 @@ class TorchBackend:
     def explain(self, prompt: Prompt, max_new_tokens: int, stop: threading.Event) -> Iterator[ExplainEvent]:
         with torch.inference_mode():
             ids = torch.tensor([prompt.input_ids], dtype=torch.long, device=self.device)
-            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
-            last_hidden_logits = out.logits[0, -1].float()
-            g = last_hidden_logits[self.grade_ids]
+            logits, past = prompt_pass(self.model, ids)
+            g = logits[0].float()[self.grade_ids]
             yield ScoreStep(g.cpu().numpy())
             # The first token is the argmax grade, so the explanation always follows the score that was sent.
             token = self.grade_ids[int(g.argmax())]
-            past = out.past_key_values
             generated: list[int] = []
             emitted = ""
             reason = "length"
@@ -144,9 +146,8 @@ class TorchBackend:
                     reason = "cancelled"
                     break
                 step = torch.tensor([[token]], dtype=torch.long, device=self.device)
-                out = self.model(input_ids=step, past_key_values=past, use_cache=True, logits_to_keep=1)
-                past = out.past_key_values
-                token = int(out.logits[0, -1].argmax())
+                logits, past = step_pass(self.model, step, past)
+                token = int(logits[0].argmax())
                 if token in self.eos_ids:
                     reason = "eos"
                     break
