@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from afrl.prefix_lm import is_prefix_lm
 from afrl.scorer import grade_head, last_real_index, position_ids_from_mask
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,11 @@ class ScorerGraph(torch.nn.Module):
 
     def __init__(self, model: Any, grade_ids: Sequence[int]) -> None:
         super().__init__()
+        if is_prefix_lm(model):
+            raise NotImplementedError(
+                "ONNX export of a prefix LM (afrl.prefix_lm: bidirectional prompt, BERT head) is not built yet; "
+                "serve it with the torch backend (afrl serve --backend torch)"
+            )
         self.model = model
         self.register_buffer("grade_rows", grade_head(model, grade_ids).detach().clone())
 

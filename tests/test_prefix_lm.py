@@ -139,3 +139,11 @@ def test_eval_explains_a_prefix_lm_with_the_prefix_mask(tiny_bert):
         ids = torch.tensor([scorer.builder.build(r.query, r.document).input_ids])
         expected = greedy_continuation(model, ids, 4, {tok.eos_token_id})
         assert s["completion"] == tok.decode(expected, skip_special_tokens=True)
+
+
+def test_onnx_export_refuses_a_prefix_lm_with_the_way_out(tiny_bert):
+    from export.graphs import ScorerGraph
+
+    model, tok = tiny_bert
+    with pytest.raises(NotImplementedError, match="backend torch"):
+        ScorerGraph(model, GradeScale().token_ids(tok))
