@@ -20,6 +20,7 @@ differences (the body is `model.bert`, the LM head has a transform and a bias); 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -119,3 +120,29 @@ def greedy_continuation(model: Any, input_ids: torch.Tensor, max_new_tokens: int
         if len(tokens) < max_new_tokens:
             logits, past = step_pass(model, torch.tensor([[token]], device=input_ids.device), past)
     return tokens
+
+
+def build_prefix_lm_base(encoder_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write a prefix-LM base folder from a BERT encoder folder (the embedded MiniLM teacher, or a user's):
+    `BertLMHeadModel` with `is_decoder=True` (its LM-head transform is new, its decoder tied to the word
+    embeddings), the tokenizer with `PREFIX_LM_CHAT_TEMPLATE`, a newline token (BERT's normaliser drops `\\n`,
+    which the explanation format needs; an added token that skips normalisation keeps it), and `[SEP]`, which
+    closes every turn of the template, as the end token that generation stops on."""
+    from tokenizers import AddedToken
+    from transformers import AutoTokenizer, BertLMHeadModel
+
+    src, out = Path(encoder_dir), Path(out_dir)
+    tok = AutoTokenizer.from_pretrained(src)
+    if tok.sep_token is None:
+        raise ValueError(f"{src}: the tokenizer has no [SEP] token; a prefix-LM base needs a BERT-style encoder")
+    tok.add_tokens([AddedToken("\n", normalized=False, special=False)])
+    tok.chat_template = PREFIX_LM_CHAT_TEMPLATE
+    tok.eos_token = tok.sep_token
+    model = BertLMHeadModel.from_pretrained(src, is_decoder=True)
+    model.resize_token_embeddings(len(tok))
+    model.config.eos_token_id = model.generation_config.eos_token_id = tok.sep_token_id
+    model.config.pad_token_id = model.generation_config.pad_token_id = tok.pad_token_id
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

@@ -147,3 +147,59 @@ def test_onnx_export_refuses_a_prefix_lm_with_the_way_out(tiny_bert):
     model, tok = tiny_bert
     with pytest.raises(NotImplementedError, match="backend torch"):
         ScorerGraph(model, GradeScale().token_ids(tok))
+
+
+def test_a_prefix_lm_base_from_a_bert_encoder_keeps_the_contract(tmp_path):
+    """From a plain BERT encoder folder: a base that loads as an AFRL model, builds contract prompts through its
+    chat template, keeps newlines (the explanation format needs them) and stops on [SEP]."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from afrl.models import load_model
+    from afrl.prefix_lm import build_prefix_lm_base
+
+    words = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        "0",
+        "1",
+        "2",
+        "3",
+        "query",
+        "document",
+        "intent",
+        ":",
+        "berlin",
+        "grade",
+        "how",
+        "relevant",
+    ]
+    wp = Tokenizer(models.WordPiece({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    wp.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    encoder = tmp_path / "encoder"
+    BertTokenizerFast(
+        tokenizer_object=wp,
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        mask_token="[MASK]",
+    ).save_pretrained(encoder)
+    BertModel(
+        BertConfig(
+            vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64
+        )
+    ).save_pretrained(encoder)
+    base = build_prefix_lm_base(encoder, tmp_path / "base")
+    model, tok, _ = load_model(str(base))
+    assert is_prefix_lm(model) and model.config.is_decoder
+    assert tok.eos_token == "[SEP]" and model.generation_config.eos_token_id == tok.sep_token_id
+    assert tok.decode(tok.encode("2\nintent", add_special_tokens=False)).split(" ") == ["2", "\n", "intent"]
+    prompt = PromptBuilder(tok).build("berlin", "document")
+    assert prompt.input_ids[0] == tok.cls_token_id and prompt.input_ids[-1] == tok.sep_token_id
+    scores = TorchScorer(model, tok, PromptBuilder(tok), GradeScale()).score([("berlin", "document")])
+    assert len(scores) == 1 and abs(sum(scores[0].probabilities) - 1) < 1e-5
