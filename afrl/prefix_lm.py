@@ -84,11 +84,6 @@ def grade_logits_from_hidden(model: Any, hidden: torch.Tensor, grade_ids: Sequen
     return hidden @ head.weight[ids].T
 
 
-def grade_head_width(model: Any) -> int:
-    """The width of the vector the grade head reads (the final hidden state)."""
-    return int(model.get_output_embeddings().weight.shape[1])
-
-
 def prompt_pass(model: Any, input_ids: torch.Tensor, use_cache: bool = True) -> tuple[torch.Tensor, Any]:
     """(next-token logits (batch, vocab) at the last position, KV cache) of an unpadded prompt batch: the pass
     that gives the score before anything is decoded. A prefix LM gets its bidirectional mask; a causal LM keeps
@@ -106,6 +101,17 @@ def step_pass(model: Any, token_ids: torch.Tensor, past: Any) -> tuple[torch.Ten
     extra = {} if is_prefix_lm(model) else {"logits_to_keep": 1}
     out = model(input_ids=token_ids, past_key_values=past, use_cache=True, **extra)
     return out.logits[:, -1], out.past_key_values
+
+
+def end_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """The token ids generation stops on: the tokenizer's end token and the model's generation config's, and for
+    a prefix LM also `[SEP]`, which closes every turn of its chat template."""
+    ids = {tokenizer.eos_token_id}
+    if is_prefix_lm(model):
+        ids.add(getattr(tokenizer, "sep_token_id", None))
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+    return {int(i) for i in ids if i is not None}
 
 
 def greedy_continuation(model: Any, input_ids: torch.Tensor, max_new_tokens: int, eos_ids: set[int]) -> list[int]:

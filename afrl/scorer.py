@@ -17,7 +17,7 @@ import torch
 
 from afrl.contract import GradeResult, GradeScale, Prompt, PromptBuilder, result_from_logits
 from afrl.padding import pad_rows
-from afrl.prefix_lm import body, encoder_mask, grade_head_width, grade_logits_from_hidden, is_prefix_lm
+from afrl.prefix_lm import body, encoder_mask, grade_logits_from_hidden, is_prefix_lm
 
 
 def pad_batch(
@@ -92,7 +92,8 @@ class TorchScorer:
 
     def hidden_for_prompts(self, prompts: Sequence[Prompt]) -> torch.Tensor:
         """(n, hidden) last-position hidden states in float32 (for probes: what the grade head sees)."""
-        return self._batched(prompts, partial(last_hidden, self.model), grade_head_width(self.model))
+        width = self.model.get_output_embeddings().weight.shape[1]
+        return self._batched(prompts, partial(last_hidden, self.model), width)
 
     @torch.inference_mode()
     def _batched(self, prompts: Sequence[Prompt], fn: Any, width: int) -> torch.Tensor:

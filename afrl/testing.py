@@ -81,16 +81,8 @@ def tiny_config(arch: str, vocab_size: int, num_layers: int = 2) -> Any:
     if arch == "bert":  # a prefix LM (afrl.prefix_lm): BertLMHeadModel, bidirectional over the prompt
         from transformers import BertConfig
 
-        return BertConfig(
-            vocab_size=vocab_size,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=num_layers,
-            num_attention_heads=4,
-            max_position_embeddings=512,
-            is_decoder=True,
-            tie_word_embeddings=True,
-        )
+        bert = {k: v for k, v in common.items() if k != "num_key_value_heads"}  # BERT has no grouped KV heads
+        return BertConfig(**(bert | {"max_position_embeddings": 512}), is_decoder=True)
     raise ValueError(f"unknown tiny architecture {arch!r}; use 'qwen3', 'llama' or 'bert'")
 
 

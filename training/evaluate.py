@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from afrl.contract import GradeResult, parse_completion, result_from_logits
-from afrl.prefix_lm import greedy_continuation, is_prefix_lm
+from afrl.prefix_lm import end_token_ids, greedy_continuation, is_prefix_lm
 from afrl.scorer import TorchScorer
 from training.data import Record, TrecCollection, split_by_query
 from training.metrics import (
@@ -92,7 +92,7 @@ def explanation_consistency(
         ids = torch.tensor([prompt.input_ids], device=device)
         with torch.inference_mode():
             if is_prefix_lm(scorer.model):  # `generate` would attend causally over the prompt
-                eos = {int(i) for i in (scorer.tokenizer.eos_token_id, scorer.tokenizer.sep_token_id) if i is not None}
+                eos = end_token_ids(scorer.model, scorer.tokenizer)
                 new = greedy_continuation(scorer.model, ids, max_new_tokens, eos)
             else:
                 out = scorer.model.generate(

@@ -54,11 +54,26 @@ def pool_distill_loss(
     logits, nll = student_forward(
         model, batch["input_ids"], batch["attention_mask"], batch["labels"], batch["grade_pos"], grade_ids, alpha < 1
     )
-    target = batch["teacher_probs"].to(logits.device)
+    kl, lst, spread = grade_and_list_terms(
+        logits, batch["teacher_probs"], batch["teacher_score"], listwise_weight > 0, tau, group_size
+    )
+    loss = alpha * kl + listwise_weight * lst + (1.0 - alpha) * nll
+    return loss, {"kl": kl.detach(), "list": lst.detach(), "nll": nll.detach(), "spread": spread}
+
+
+def grade_and_list_terms(
+    logits: torch.Tensor,
+    teacher_probs: torch.Tensor,
+    teacher_score: torch.Tensor,
+    listwise: bool,
+    tau: float,
+    group_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(grade KL, listwise KL (0 when off), within-query spread) of a batch of whole groups' grade logits."""
+    target = teacher_probs.to(logits.device)
     kl = F.kl_div(F.log_softmax(logits, -1), target.clamp_min(1e-8).log(), log_target=True, reduction="batchmean")
     score = expected_grade(logits)
-    lst = listwise_kl(score, batch["teacher_score"], group_size, tau) if listwise_weight > 0 else torch.zeros(())
-    loss = alpha * kl + listwise_weight * lst + (1.0 - alpha) * nll
+    lst = listwise_kl(score, teacher_score, group_size, tau) if listwise else torch.zeros(())
     # within-query spread of the student's scores: a student that ignores the document keeps this at 0
     spread = score.detach().view(-1, group_size).std(-1).mean()
-    return loss, {"kl": kl.detach(), "list": lst.detach(), "nll": nll.detach(), "spread": spread}
+    return kl, lst, spread

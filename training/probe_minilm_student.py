@@ -30,11 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from afrl.contract import GradeResult, GradeScale, result_from_logits
 from afrl.hardware import bf16_is_fast
-from training.pool_loss import expected_grade, listwise_kl
+from training.pool_loss import grade_and_list_terms
 
 
 class MiniLMStudent(torch.nn.Module):
@@ -165,9 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         teacher_score = torch.tensor([r["score"] for r in batch_rows], dtype=torch.float32)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             logits = student.grade_logits(enc)
-        kl = F.kl_div(F.log_softmax(logits, -1), target.clamp_min(1e-8).log(), log_target=True, reduction="batchmean")
-        score = expected_grade(logits)
-        lst = listwise_kl(score, teacher_score, 8, args.tau)
+        kl, lst, spread_t = grade_and_list_terms(logits, target, teacher_score, True, args.tau, 8)
         loss = args.alpha * kl + args.listwise_weight * lst
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
@@ -175,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         opt.zero_grad(set_to_none=True)
         step += 1
         if step % 20 == 0:
-            spread = score.detach().view(-1, 8).std(-1).mean().item()
+            spread = spread_t.item()
             entry = {"step": step, "pairs": step * per, "minutes": (time.time() - start) / 60}
             entry |= {"loss": loss.item(), "kl": kl.item(), "list": lst.item(), "spread": spread}
             curve.append(entry)

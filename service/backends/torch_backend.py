@@ -26,7 +26,7 @@ import torch
 
 from afrl.contract import Prompt
 from afrl.hardware import bf16_is_fast
-from afrl.prefix_lm import is_prefix_lm, prompt_pass, step_pass
+from afrl.prefix_lm import end_token_ids, is_prefix_lm, prompt_pass, step_pass
 from afrl.scorer import TorchScorer, grade_head, grade_logits, last_real_index, pad_batch, position_ids_from_mask
 from service.backends.base import ExplainEvent, ScoreStep, StreamEnd, TextDelta
 
@@ -51,7 +51,7 @@ class TorchBackend:
         self.model_name = model_name
         self._manifest = manifest
         self.grade_ids = list(scorer.grade_ids)
-        self.eos_ids = self._eos_ids()
+        self.eos_ids = end_token_ids(self.model, self.tokenizer)
 
     @classmethod
     def from_spec(cls, spec: str, dtype: str = "auto", threads: int | None = None) -> TorchBackend:
@@ -67,12 +67,6 @@ class TorchBackend:
         path = resolve(spec)
         manifest = Manifest.read(path).to_dict() if (path / MANIFEST_NAME).is_file() else None
         return cls(scorer, model_name=spec, manifest=manifest)
-
-    def _eos_ids(self) -> set[int]:
-        ids = {self.tokenizer.eos_token_id}
-        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
-        return {int(i) for i in ids if i is not None}
 
     def manifest(self) -> dict[str, Any]:
         if self._manifest is not None:
