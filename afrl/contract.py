@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -266,19 +267,24 @@ class ParsedCompletion:
         }
 
 
-_FIELD_RE = re.compile(r"^\s*(Intent|Evidence|Reasoning|Verdict)\s*:\s*(.*?)\s*$")
+# Field names are matched in any case: an uncased tokenizer (the BERT of a prefix-LM student) writes "intent:".
+_FIELD_RE = re.compile(r"^\s*(Intent|Evidence|Reasoning|Verdict)\s*:\s*(.*?)\s*$", re.IGNORECASE)
 
 
 def normalize_for_match(text: str) -> str:
-    """Case- and whitespace-insensitive form used to find a quoted Evidence in the document."""
-    return " ".join(text.lower().split())
+    """The form in which a quoted Evidence is looked up in the document: lower case, accents and all whitespace
+    removed. An uncased WordPiece tokenizer (a prefix-LM student's BERT) strips accents and decodes "3,520" as
+    "3, 520" and "don't" as "don ' t", so a faithful quote differs from its source in exactly these ways."""
+    decomposed = unicodedata.normalize("NFKD", text.lower())
+    return "".join(c for c in decomposed if not c.isspace() and not unicodedata.combining(c))
 
 
 def parse_completion(text: str, document: str | None = None, scale: GradeScale | None = None) -> ParsedCompletion:
     """Parse "<grade>\\nIntent: ...\\nEvidence: "..."\\nReasoning: ...\\nVerdict: <grade>" and check it.
 
     Checks: well-formed (grade token first, the four labelled lines in order, each non-empty), Verdict equal to
-    the first token, and Evidence (without its quotes) found in the document, ignoring case and whitespace.
+    the first token, and Evidence (without its quotes) found in the document, ignoring case, accents and
+    whitespace (`normalize_for_match`). Field names match in any case.
     """
     scale = scale or GradeScale()
     errors: list[str] = []
@@ -297,7 +303,7 @@ def parse_completion(text: str, document: str | None = None, scale: GradeScale |
         if m is None:
             errors.append(f"unlabelled line: {ln[:60]!r}")
             continue
-        name, value = m.group(1), m.group(2)
+        name, value = m.group(1).capitalize(), m.group(2)
         if name in fields:
             errors.append(f"field {name} appears twice")
             continue

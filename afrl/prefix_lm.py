@@ -84,6 +84,19 @@ def grade_logits_from_hidden(model: Any, hidden: torch.Tensor, grade_ids: Sequen
     return hidden @ head.weight[ids].T
 
 
+def training_mask(model: Any, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:
+    """The mask to hand `body(model)` for a right-padded prompt + completion batch in training: `prefix_lm_mask`
+    for a prefix LM (teacher forcing then sees what generation sees), the plain padding mask for a causal LM."""
+    return prefix_lm_mask(attention_mask, prompt_lengths) if is_prefix_lm(model) else attention_mask
+
+
+def vocab_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
+    """Full-vocabulary logits of final hidden states (the explanation NLL): BERT's head (transform, tied decoder,
+    bias) for a prefix LM, the output embeddings for a causal LM."""
+    head = model.cls if is_prefix_lm(model) else model.get_output_embeddings()
+    return head(hidden)
+
+
 def prompt_pass(model: Any, input_ids: torch.Tensor, use_cache: bool = True) -> tuple[torch.Tensor, Any]:
     """(next-token logits (batch, vocab) at the last position, KV cache) of an unpadded prompt batch: the pass
     that gives the score before anything is decoded. A prefix LM gets its bidirectional mask; a causal LM keeps

@@ -82,7 +82,9 @@ def tiny_config(arch: str, vocab_size: int, num_layers: int = 2) -> Any:
         from transformers import BertConfig
 
         bert = {k: v for k, v in common.items() if k != "num_key_value_heads"}  # BERT has no grouped KV heads
-        return BertConfig(**(bert | {"max_position_embeddings": 512}), is_decoder=True)
+        # no dropout, like the causal tiny configs: a 32-wide model trained for seconds must learn deterministically
+        no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+        return BertConfig(**(bert | {"max_position_embeddings": 512} | no_dropout), is_decoder=True)
     raise ValueError(f"unknown tiny architecture {arch!r}; use 'qwen3', 'llama' or 'bert'")
 
 

@@ -116,3 +116,17 @@ def test_scoring_math():
 def test_grade_out_of_range_is_refused():
     with pytest.raises(ContractError):
         format_target(4, None)
+
+
+def test_an_uncased_wordpiece_decoding_still_parses_and_quotes():
+    """A prefix-LM student's BERT tokenizer lower-cases, strips accents and spaces punctuation ("3, 520"): its
+    explanation is still well-formed and its Evidence still a quote; a quote from elsewhere still fails."""
+    from afrl.contract import parse_completion
+
+    document = "Berlin had 3,520,031 inhabitants; the Café Kranzler doesn't close."
+    text = '2\nintent: population\nevidence: " berlin had 3, 520, 031 inhabitants ; the cafe kranzler doesn \' t "'
+    parsed = parse_completion(text + "\nreasoning: it gives the number\nverdict: 2", document)
+    assert parsed.well_formed and parsed.verdict_consistent and parsed.evidence_in_document, parsed.errors
+    assert set(parsed.fields) == {"Intent", "Evidence", "Reasoning", "Verdict"}
+    other = parse_completion('2\nintent: x\nevidence: "munich had 1,500,000"\nreasoning: y\nverdict: 2', document)
+    assert not other.evidence_in_document

@@ -298,14 +298,15 @@ def _group_agreement(model_dir: Path, rows: list[dict], group_size: int) -> floa
     return float(listwise_kl(student, teacher, group_size, 0.1))
 
 
-def test_distillation_from_a_rerank_server_moves_the_student_toward_its_ranking(folders, tmp_path, rerank_server):
+@pytest.mark.parametrize("arch", ["qwen3", "bert"])  # a causal student and a prefix LM (afrl.prefix_lm)
+def test_distillation_from_a_rerank_server_moves_the_student_toward_its_ranking(folders, tmp_path, rerank_server, arch):
     from training.config import parse_config
     from training.distill import AfrlDistillConfig, train_distill
 
     url, _ = rerank_server
     pool_dir = tmp_path / "pool"
     build_pool(_pool_config(folders, pool_dir, teacher=url, groups_per_judged_query=3, groups_per_unjudged_query=3))
-    student_dir = save_tiny_model(tmp_path / "tiny", num_layers=2)
+    student_dir = save_tiny_model(tmp_path / "tiny", arch=arch, num_layers=2)
     argv = ["--teacher", url, "--student_model", str(student_dir), "--data", f"pool:{pool_dir}"]
     argv += ["--output_dir", str(tmp_path / "student"), "--group_size", "4", "--per_device_train_batch_size", "8"]
     argv += ["--lora_r", "0", "--learning_rate", "3e-3", "--max_steps", "80", "--alpha", "0.9"]

@@ -203,3 +203,27 @@ def test_a_prefix_lm_base_from_a_bert_encoder_keeps_the_contract(tmp_path):
     assert prompt.input_ids[0] == tok.cls_token_id and prompt.input_ids[-1] == tok.sep_token_id
     scores = TorchScorer(model, tok, PromptBuilder(tok), GradeScale()).score([("berlin", "document")])
     assert len(scores) == 1 and abs(sum(scores[0].probabilities) - 1) < 1e-5
+
+
+def test_the_training_pass_reads_the_grade_as_the_scorer_does_and_learns_the_explanation(tiny_bert):
+    """`training.distill_loss.student_forward` on prompt + completion gives the scorer's grade logits of the prompt
+    alone (the prompt never sees the completion under the prefix-LM mask), and its NLL is that of the completion
+    tokens under BERT's head."""
+    from afrl.scorer import pad_batch
+    from training.distill_loss import student_forward
+
+    model, tok = tiny_bert
+    grade_ids = GradeScale().token_ids(tok)
+    prompts = [_prompt_ids(tok, *pair) for pair in PAIRS[:2]]
+    completion = [grade_ids[2], *tok.encode("\nIntent: x", add_special_tokens=False)]
+    rows = [p + completion for p in prompts]
+    ids, mask = pad_batch(rows, tok.pad_token_id, "right")
+    labels = torch.full_like(ids, -100)
+    for i, p in enumerate(prompts):
+        labels[i, len(p) + 1 : len(p) + len(completion)] = torch.tensor(completion[1:])
+    grade_pos = torch.tensor([len(p) - 1 for p in prompts])
+    with torch.no_grad():
+        got, nll = student_forward(model, ids, mask, labels, grade_pos, grade_ids)
+        alone = torch.cat([grade_logits(model, torch.tensor([p]), torch.ones(1, len(p)), grade_ids) for p in prompts])
+    torch.testing.assert_close(got, alone, atol=1e-4, rtol=1e-4)
+    assert 0 < float(nll) < 20

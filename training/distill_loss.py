@@ -21,8 +21,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from afrl.prefix_lm import body, grade_logits_from_hidden, training_mask, vocab_logits
 from afrl.scorer import position_ids_from_mask
-from training.losses import causal_lm_parts
+from training.losses import unwrap_model
 
 
 def grade_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -45,24 +46,24 @@ def student_forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(student grade logits (batch, K+1) at `grade_pos`, mean NLL over the label positions != -100).
 
-    One decoder pass; the LM head is applied only to the grade rows at the grade position and to the labelled
-    positions. The NLL is 0 when `with_nll` is off or no row has a label.
+    One pass of the body; the LM head is applied only to the grade rows at the grade position and to the labelled
+    positions. The NLL is 0 when `with_nll` is off or no row has a label. A prefix LM (`afrl.prefix_lm`) attends
+    bidirectionally over each prompt (up to `grade_pos`) and causally over the completion, as it generates.
     """
-    decoder, head = causal_lm_parts(model)
-    out = decoder(
+    inner = unwrap_model(model)
+    out = body(inner)(
         input_ids=input_ids,
-        attention_mask=attention_mask,
+        attention_mask=training_mask(inner, attention_mask, grade_pos + 1),
         position_ids=position_ids_from_mask(attention_mask),
         use_cache=False,
     )
     hidden = out.last_hidden_state
     rows = torch.arange(hidden.shape[0], device=hidden.device)
-    grade_rows = head.weight[list(grade_ids)]
-    student_logits = (hidden[rows, grade_pos] @ grade_rows.T).float()
+    student_logits = grade_logits_from_hidden(inner, hidden[rows, grade_pos], grade_ids).float()
     targets = labels[:, 1:]
     keep = targets != -100
     if with_nll and bool(keep.any()):
-        logits = head(hidden[:, :-1][keep]).float()
+        logits = vocab_logits(inner, hidden[:, :-1][keep]).float()
         nll = F.cross_entropy(logits, targets[keep])
     else:  # grade-only distillation, or a batch whose explanations are all empty
         nll = torch.zeros((), device=hidden.device)

@@ -25,10 +25,15 @@ import torch.nn.functional as F
 from afrl.scorer import position_ids_from_mask
 
 
+def unwrap_model(model: Any) -> Any:
+    """The transformers model inside a PEFT wrapper and DDP / accelerate wrappers, if there are any."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(inner, "module", inner)
+
+
 def causal_lm_parts(model: Any) -> tuple[Any, Any]:
     """(decoder, lm_head) of a causal LM, through a PEFT wrapper if there is one."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    inner = getattr(inner, "module", inner)  # DDP / accelerate wrappers
+    inner = unwrap_model(model)
     return inner.model, inner.get_output_embeddings()
 
 
