@@ -127,12 +127,23 @@ def end_token_ids(model: Any, tokenizer: Any) -> set[int]:
     return {int(i) for i in ids if i is not None}
 
 
-def greedy_continuation(model: Any, input_ids: torch.Tensor, max_new_tokens: int, eos_ids: set[int]) -> list[int]:
-    """Greedy token ids after a one-row prompt, stopping at an end token (not included) or the length limit."""
+def greedy_continuation(
+    model: Any,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    eos_ids: set[int],
+    grade_ids: Sequence[int] | None = None,
+) -> list[int]:
+    """Greedy token ids after a one-row prompt, stopping at an end token (not included) or the length limit. With
+    `grade_ids`, the first token is the argmax grade, as the service's `/explain` writes it (a student distilled
+    on grade logits alone never learned the rest of the vocabulary's scores at that position)."""
     logits, past = prompt_pass(model, input_ids)
     tokens: list[int] = []
     while len(tokens) < max_new_tokens:
-        token = int(logits[0].argmax())
+        if not tokens and grade_ids is not None:
+            token = list(grade_ids)[int(logits[0][list(grade_ids)].argmax())]
+        else:
+            token = int(logits[0].argmax())
         if token in eos_ids:
             break
         tokens.append(token)

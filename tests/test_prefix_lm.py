@@ -123,8 +123,8 @@ def test_the_torch_backend_explains_a_prefix_lm_after_its_own_score(tiny_bert):
 
 def test_eval_explains_a_prefix_lm_with_the_prefix_mask(tiny_bert):
     """`afrl eval`'s explanation sample decodes a prefix LM through the bidirectional prompt pass, not
-    `generate` (which would read the prompt causally): each completion is the greedy continuation under the
-    prefix mask."""
+    `generate` (which would read the prompt causally): each completion is the argmax grade, as `/explain` writes
+    it, then the greedy continuation under the prefix mask."""
     from afrl.prefix_lm import greedy_continuation
     from training.data import Record
     from training.evaluate import explanation_consistency
@@ -137,7 +137,7 @@ def test_eval_explains_a_prefix_lm_with_the_prefix_mask(tiny_bert):
     for s in samples:
         r = records[int(s["id"])]
         ids = torch.tensor([scorer.builder.build(r.query, r.document).input_ids])
-        expected = greedy_continuation(model, ids, 4, {tok.eos_token_id})
+        expected = greedy_continuation(model, ids, 4, {tok.eos_token_id}, scorer.grade_ids)
         assert s["completion"] == tok.decode(expected, skip_special_tokens=True)
 
 
@@ -227,3 +227,19 @@ def test_the_training_pass_reads_the_grade_as_the_scorer_does_and_learns_the_exp
         alone = torch.cat([grade_logits(model, torch.tensor([p]), torch.ones(1, len(p)), grade_ids) for p in prompts])
     torch.testing.assert_close(got, alone, atol=1e-4, rtol=1e-4)
     assert 0 < float(nll) < 20
+
+
+def test_the_greedy_explanation_starts_with_the_argmax_grade(tiny_bert):
+    """With grade_ids the first token is the scored grade, as the service's /explain writes it, whatever the rest
+    of the vocabulary scores at that position; the tokens after it are the plain greedy continuation."""
+    from afrl.prefix_lm import greedy_continuation, prompt_pass, step_pass
+
+    model, tok = tiny_bert
+    grade_ids = GradeScale().token_ids(tok)
+    ids = torch.tensor([_prompt_ids(tok, *PAIRS[0])])
+    with torch.no_grad():
+        best = grade_ids[int(grade_logits(model, ids, torch.ones_like(ids), grade_ids).argmax())]
+        tokens = greedy_continuation(model, ids, 2, set(), grade_ids)
+        _, past = prompt_pass(model, ids)
+        after_grade, _ = step_pass(model, torch.tensor([[best]]), past)
+    assert tokens == [best, int(after_grade[0].argmax())]

@@ -93,7 +93,7 @@ def explanation_consistency(
         with torch.inference_mode():
             if is_prefix_lm(scorer.model):  # `generate` would attend causally over the prompt
                 eos = end_token_ids(scorer.model, scorer.tokenizer)
-                new = greedy_continuation(scorer.model, ids, max_new_tokens, eos)
+                new = greedy_continuation(scorer.model, ids, max_new_tokens, eos, scorer.grade_ids)
             else:
                 out = scorer.model.generate(
                     ids,
