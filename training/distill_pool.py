@@ -179,8 +179,10 @@ def make_trainer_class() -> Any:
             loss, parts = pool_distill_loss(
                 model, inputs, self.grade_ids, a.alpha, a.listwise_weight, a.listwise_temperature, a.group_size
             )
+            explained = bool((inputs["labels"] != -100).any())
             for k in self._parts:
-                self._parts[k].append(float(parts[k]))
+                if k != "nll" or explained:  # a batch without explanations has NLL 0: it must not dilute the mean
+                    self._parts[k].append(float(parts[k]))
             return (loss, parts) if return_outputs else loss
 
         def log(self, logs: dict[str, float], *args: Any, **kw: Any) -> None:
