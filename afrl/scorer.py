@@ -8,6 +8,7 @@ the attention mask, so left- and right-padded batches give the same numbers as o
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -18,6 +19,8 @@ import torch
 from afrl.contract import GradeResult, GradeScale, Prompt, PromptBuilder, result_from_logits
 from afrl.padding import pad_rows
 from afrl.prefix_lm import body, encoder_mask, grade_logits_from_hidden, is_prefix_lm
+
+log = logging.getLogger(__name__)
 
 
 def pad_batch(
@@ -85,6 +88,20 @@ class TorchScorer:
         self.grade_ids = self.scale.token_ids(self.tokenizer)
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else self.tokenizer.eos_token_id)
+        self._check_positions()
+
+    def _check_positions(self) -> None:
+        """Refuse token budgets whose longest prompt exceeds the model's positions (a BERT prefix LM has 512):
+        such a prompt would fail deep inside the model, on the first long document of some request."""
+        limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        b = self.builder
+        longest = len(b.build("", "").input_ids) + b.max_query_tokens + b.max_document_tokens
+        if limit is not None and longest > limit:
+            raise ValueError(
+                f"the longest prompt of this contract is {longest} tokens (max_query_tokens {b.max_query_tokens} + "
+                f"max_document_tokens {b.max_document_tokens} + the template) but the model has {limit} positions: "
+                "lower the token budgets in its afrl.json / training config"
+            )
 
     def logits_for_prompts(self, prompts: Sequence[Prompt]) -> torch.Tensor:
         """(n, K+1) grade logits; batches are formed in length order to waste little padding."""
@@ -121,6 +138,29 @@ class TorchScorer:
         return ranked[:top_k] if top_k is not None else ranked
 
 
+def fitted_default_builder(model: Any, tokenizer: Any) -> PromptBuilder:
+    """The default contract's prompt builder for a plain base (no manifest), its document budget lowered when the
+    longest prompt would not fit the model's positions (a BERT prefix-LM base: 512 positions, and the default
+    74-token template + 64 + 384 is 522). A trained model's manifest budgets are never changed, only checked."""
+    builder = PromptBuilder(tokenizer)
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if limit is None:
+        return builder
+    over = len(builder.build("", "").input_ids) + builder.max_query_tokens + builder.max_document_tokens - limit
+    if over <= 0:
+        return builder
+    fitted = builder.max_document_tokens - over
+    if fitted < 1:
+        return builder  # nothing sensible fits; TorchScorer refuses it with the figures
+    log.warning(
+        "the default document budget (%d tokens) is lowered to %d to fit the model's %d positions",
+        builder.max_document_tokens,
+        fitted,
+        limit,
+    )
+    return PromptBuilder(tokenizer, max_query_tokens=builder.max_query_tokens, max_document_tokens=fitted)
+
+
 def load_scorer(spec: str, dtype: Any = None, batch_size: int = 16) -> TorchScorer:
     """A TorchScorer for a model spec, with the contract settings from its manifest when it has one."""
     from afrl.manifest import MANIFEST_NAME, load_verified
@@ -138,5 +178,5 @@ def load_scorer(spec: str, dtype: Any = None, batch_size: int = 16) -> TorchScor
         )
         scale = manifest.scale
     else:
-        builder, scale = PromptBuilder(tokenizer), GradeScale()
+        builder, scale = fitted_default_builder(model, tokenizer), GradeScale()
     return TorchScorer(model, tokenizer, builder, scale, batch_size=batch_size)

@@ -84,7 +84,9 @@ def tiny_config(arch: str, vocab_size: int, num_layers: int = 2) -> Any:
         bert = {k: v for k, v in common.items() if k != "num_key_value_heads"}  # BERT has no grouped KV heads
         # no dropout, like the causal tiny configs: a 32-wide model trained for seconds must learn deterministically
         no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-        return BertConfig(**(bert | {"max_position_embeddings": 512} | no_dropout), is_decoder=True)
+        # 1024 positions (a real BERT has 512): the default token budgets plus this tokenizer's verbose template
+        # (177 tokens) must fit, or afrl.scorer refuses the contract
+        return BertConfig(**(bert | {"max_position_embeddings": 1024} | no_dropout), is_decoder=True)
     raise ValueError(f"unknown tiny architecture {arch!r}; use 'qwen3', 'llama' or 'bert'")
 
 

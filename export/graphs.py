@@ -3,7 +3,10 @@
 The scorer is the AFRL hot path: one forward pass over the prompt, the hidden state at the last real position,
 times the K+1 grade rows of the LM head. It is exported with the dynamo exporter (`torch.onnx.export(dynamo=True)`):
 the TorchScript exporter fails on this graph with transformers 4.57 (`unordered_map::at`, DESIGN.md 9).
-The decoder is optimum-onnx's `text-generation-with-past` export of the same (merged) model.
+The decoder is optimum-onnx's `text-generation-with-past` export of the same (merged) model. A prefix LM
+(`afrl.prefix_lm`: bidirectional over the prompt, BERT head) exports its scorer the same way; it has no decoder
+export yet (optimum's text-generation export has no prefix-LM attention), so its export serves /score and /rerank
+and answers /explain with 501 (serve the model folder with the torch backend for explanations).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 import torch
 
 from afrl.prefix_lm import is_prefix_lm
-from afrl.scorer import grade_head, last_real_index, position_ids_from_mask
+from afrl.scorer import grade_head, grade_logits, last_real_index, position_ids_from_mask
 
 log = logging.getLogger(__name__)
 
@@ -33,21 +36,24 @@ EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2
 class ScorerGraph(torch.nn.Module):
     """(input_ids, attention_mask) -> (batch, K+1) grade logits at the last real position, either padding side.
 
-    The grade rows of the head are copied out once, so the exported graph holds a (K+1) x hidden matrix instead
-    of the vocabulary-sized head (an untied head would otherwise be exported whole and gathered at run time).
+    A causal LM's grade rows of the head are copied out once, so the exported graph holds a (K+1) x hidden matrix
+    instead of the vocabulary-sized head (an untied head would otherwise be exported whole and gathered at run
+    time). A prefix LM is the torch scorer's own `afrl.scorer.grade_logits` (bidirectional mask, the head's
+    transform and bias); its decoder is tied to the input embeddings the graph holds anyway, so gathering the K+1
+    rows adds no weights.
     """
 
     def __init__(self, model: Any, grade_ids: Sequence[int]) -> None:
         super().__init__()
-        if is_prefix_lm(model):
-            raise NotImplementedError(
-                "ONNX export of a prefix LM (afrl.prefix_lm: bidirectional prompt, BERT head) is not built yet; "
-                "serve it with the torch backend (afrl serve --backend torch)"
-            )
         self.model = model
-        self.register_buffer("grade_rows", grade_head(model, grade_ids).detach().clone())
+        self.grade_ids = list(grade_ids)
+        self.prefix_lm = is_prefix_lm(model)
+        if not self.prefix_lm:
+            self.register_buffer("grade_rows", grade_head(model, grade_ids).detach().clone())
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.prefix_lm:
+            return grade_logits(self.model, input_ids, attention_mask, self.grade_ids)
         out = self.model.model(
             input_ids=input_ids,
             attention_mask=attention_mask,

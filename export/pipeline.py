@@ -12,6 +12,7 @@ call still fails so that a pipeline that asked for INT8 notices.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import shutil
 import time
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from afrl.manifest import MANIFEST_NAME, Manifest
+from afrl.prefix_lm import is_prefix_lm
 from afrl.scorer import TorchScorer
 from export import graphs, parity, variants
 from export.check_pairs import load_check_pairs
@@ -156,6 +158,13 @@ def export_scorer_model(scorer: TorchScorer, base_model: str, opts: ExportOption
                 for p in out.glob(variants.INT8_FILE + "*"):
                     p.unlink()
     extra["preferred_scorer"] = "int8" if quantization else "fp32"
+    if opts.decoder and is_prefix_lm(scorer.model):
+        log.warning(
+            "a prefix LM has no ONNX explanation decoder yet (export/graphs.py): this export serves /score and "
+            "/rerank, and /explain answers 501; serve the model folder with --backend torch for explanations"
+        )
+        extra["decoder_skipped"] = "prefix LM: no ONNX decoder export yet; /explain needs the torch backend"
+        opts = dataclasses.replace(opts, decoder=False)
     if opts.decoder:
         with stage("decoder with KV cache (optimum text-generation-with-past)", timings):
             graphs.export_decoder(scorer.model, out / graphs.DECODER_DIR, opts.opset)

@@ -197,22 +197,6 @@ def test_distill_moves_the_student_to_the_teacher_and_reloads_exactly(tmp_path, 
         load_verified(target)
 
 
-def test_ship_refuses_oversized_models(tmp_path, monkeypatch):
-    from afrl import models
-
-    model_dir = save_tiny_model(tmp_path / "m")
-    _, tok = build_tiny_model()
-    Manifest.for_builder(PromptBuilder(tok), GradeScale(), kind="sft", base_model="x").write(model_dir)
-    monkeypatch.setattr(models, "SHIPPED_DIR", tmp_path / "shipped")
-    (tmp_path / "shipped").mkdir()
-    from afrl import shipping
-
-    monkeypatch.setattr(shipping, "MAX_SHIPPED_BYTES", 1000)
-    with pytest.raises(ValueError, match="at most 20 MB"):
-        ship_model(model_dir, "too-big")
-    assert not (tmp_path / "shipped" / "index.json").exists()
-
-
 def test_config_refuses_missing_student_and_bad_alpha(tmp_path):
     with pytest.raises(ValueError, match="student_layers"):
         AfrlDistillConfig(teacher="x", data=["rules:4"], output_dir=str(tmp_path))

@@ -1,6 +1,7 @@
-"""Real exports of tiny random-weight Qwen3 and Llama models: parity, INT8 gate, manifest refusal, decoder.
+"""Real exports of tiny random-weight Qwen3, Llama and BERT (prefix-LM) models: parity, INT8 gate, manifest
+refusal, decoder.
 
-One export per architecture per session (about 20 s each, most of it torch.export tracing); the tests read the
+One export per architecture per session (about 10-20 s each, most of it torch.export tracing); the tests read the
 folders. The Qwen3 export asks for INT8 with thresholds tightened to zero change, so its gate must refuse; the
 Llama export loosens them, so its INT8 graph must be kept and loadable.
 """
@@ -21,7 +22,7 @@ from export.parity import ExportError
 from export.pipeline import ExportOptions, export_scorer_model
 from export.runtime import OnnxGenerator, OnnxScorer
 
-pytestmark = pytest.mark.slow  # two real exports, about 30 s together
+pytestmark = pytest.mark.slow  # three real exports, about 40 s together
 PAIRS = BUILTIN_PAIRS[:12]
 
 
@@ -34,13 +35,13 @@ def _torch_scorer(arch):
 def exported(tmp_path_factory):
     """{arch: (folder, torch scorer, export error or None)}"""
     folders = {}
-    for arch, tight in (("qwen3", True), ("llama", False)):
+    for arch, tight in (("qwen3", True), ("llama", False), ("bert", False)):
         scorer = _torch_scorer(arch)
         out = tmp_path_factory.mktemp(f"onnx-{arch}")
         opts = ExportOptions(
             out=out,
-            int8=True,
             fp16=arch == "llama",
+            int8=arch != "bert",
             max_check_pairs=12,
             int8_min_agreement=1.0 if tight else 0.0,
             int8_max_score_delta=0.0 if tight else 1.0,
@@ -56,7 +57,7 @@ def exported(tmp_path_factory):
     return folders
 
 
-@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+@pytest.mark.parametrize("arch", ["qwen3", "llama", "bert"])
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_onnx_scorer_matches_torch(exported, arch, side):
     out, scorer, _ = exported[arch]
@@ -158,6 +159,18 @@ def test_decoder_greedy_equals_transformers(exported, arch):
     assert Manifest.read(out).parity["decoder"]["greedy_equal_to_transformers"] is True
     streamed = "".join(generator.generate_stream(prompt, max_new_tokens=24))
     assert streamed == scorer.tokenizer.decode(ours, skip_special_tokens=True)
+
+
+def test_a_prefix_lm_exports_its_scorer_and_says_why_there_is_no_decoder(exported):
+    """The prefix-LM scorer (bidirectional prompt, BERT head) is the one exported; its parity with torch is in
+    test_onnx_scorer_matches_torch. No decoder is written, the manifest says why, and loading one says so."""
+    out, _, error = exported["bert"]
+    manifest = Manifest.read(out)
+    assert error is None and manifest.extra["scorers"] == ["fp32"]
+    assert "prefix LM" in manifest.extra["decoder_skipped"] and "decoder" not in manifest.extra
+    assert not (out / "decoder").exists()
+    with pytest.raises(FileNotFoundError, match="without the decoder"):
+        OnnxGenerator.from_dir(out, threads=1)
 
 
 def test_export_refuses_a_non_empty_folder(tmp_path):

@@ -7,7 +7,7 @@ import torch
 
 from afrl.contract import GradeScale, PromptBuilder
 from afrl.prefix_lm import grade_logits_from_hidden, is_prefix_lm, prefix_lm_mask, prompt_mask
-from afrl.scorer import TorchScorer, grade_head, grade_logits
+from afrl.scorer import TorchScorer, grade_head, grade_logits, load_scorer
 from afrl.testing import build_tiny_model
 
 PAIRS = [
@@ -118,7 +118,10 @@ def test_the_torch_backend_explains_a_prefix_lm_after_its_own_score(tiny_bert):
     from afrl.prefix_lm import greedy_continuation
 
     rest = greedy_continuation(model, prompt_ids, 5, set())
-    assert text == tok.decode([tok.convert_tokens_to_ids(grade), *rest], skip_special_tokens=True)
+    full = tok.decode([tok.convert_tokens_to_ids(grade), *rest], skip_special_tokens=True)
+    # the stream holds back a trailing incomplete UTF-8 character (a byte-level token of the random tiny model),
+    # which a one-shot decode shows as U+FFFD
+    assert text == full or (full == text + "\ufffd" and len(text) > 1)
 
 
 def test_eval_explains_a_prefix_lm_with_the_prefix_mask(tiny_bert):
@@ -139,14 +142,6 @@ def test_eval_explains_a_prefix_lm_with_the_prefix_mask(tiny_bert):
         ids = torch.tensor([scorer.builder.build(r.query, r.document).input_ids])
         expected = greedy_continuation(model, ids, 4, {tok.eos_token_id}, scorer.grade_ids)
         assert s["completion"] == tok.decode(expected, skip_special_tokens=True)
-
-
-def test_onnx_export_refuses_a_prefix_lm_with_the_way_out(tiny_bert):
-    from export.graphs import ScorerGraph
-
-    model, tok = tiny_bert
-    with pytest.raises(NotImplementedError, match="backend torch"):
-        ScorerGraph(model, GradeScale().token_ids(tok))
 
 
 def test_a_prefix_lm_base_from_a_bert_encoder_keeps_the_contract(tmp_path):
@@ -201,7 +196,13 @@ def test_a_prefix_lm_base_from_a_bert_encoder_keeps_the_contract(tmp_path):
     assert tok.decode(tok.encode("2\nintent", add_special_tokens=False)).split(" ") == ["2", "\n", "intent"]
     prompt = PromptBuilder(tok).build("berlin", "document")
     assert prompt.input_ids[0] == tok.cls_token_id and prompt.input_ids[-1] == tok.sep_token_id
-    scores = TorchScorer(model, tok, PromptBuilder(tok), GradeScale()).score([("berlin", "document")])
+    # BERT's 512 positions do not hold the default budgets (64 + 384 + the template): a base without a manifest
+    # gets the document budget lowered to fit, and the longest prompt then fits exactly
+    scorer = load_scorer(str(base))
+    b = scorer.builder
+    assert b.max_query_tokens == 64 and b.max_document_tokens < 384
+    assert len(b.build("", "").input_ids) + b.max_query_tokens + b.max_document_tokens == 512
+    scores = scorer.score([("berlin " * 80, "document " * 600)])
     assert len(scores) == 1 and abs(sum(scores[0].probabilities) - 1) < 1e-5
 
 
