@@ -8,7 +8,6 @@ from pathlib import Path
 
 import ir_measures
 import pytest
-import torch
 
 from afrl.cli import main
 from afrl.contract import format_target
@@ -269,28 +268,31 @@ def test_evaluate_records_agrees_with_the_scorer(tiny_qwen):
     assert sum(m["predicted_distribution"].values()) == len(records) == m["n_judged"]
 
 
-def test_explanation_consistency_counts_consistent_completions(tiny_qwen):
-    """A model that writes the gold target is fully consistent; one that writes the wrong Verdict is not."""
+def test_explanation_consistency_counts_consistent_completions(tiny_qwen, monkeypatch):
+    """A model that writes the gold target is fully consistent; one that writes the wrong Verdict is not. The
+    decoding is the service's (`greedy_continuation`, argmax grade first), stubbed here with scripted text."""
     from afrl.contract import GradeScale, PromptBuilder
     from afrl.scorer import TorchScorer
+    from training import evaluate
 
     model, tok = tiny_qwen
     scorer = TorchScorer(model, tok, PromptBuilder(tok, max_document_tokens=32), GradeScale())
     records = generate_records(6, seed=0)
     targets = {r.query + r.document: format_target(r.grade, r.explanation) for r in records}
 
-    def fake_generate(ids, wrong=False, **_):
+    def fake_continuation(model_, ids, max_new_tokens, eos, grade_ids, wrong=False):
+        assert model_ is model and grade_ids == scorer.grade_ids  # the grade is forced, as /explain does
         text = tok.decode(ids[0])
         record = next(r for r in records if r.document[:20] in text)
         target = targets[record.query + record.document]
         if wrong:
             target = target.replace(f"Verdict: {record.grade}", f"Verdict: {(record.grade + 1) % 4}")
-        return torch.cat([ids, torch.tensor([tok.encode(target, add_special_tokens=False)])], dim=1)
+        return tok.encode(target, add_special_tokens=False)
 
-    model.generate = fake_generate
+    monkeypatch.setattr(evaluate, "greedy_continuation", fake_continuation)
     fraction, samples = explanation_consistency(scorer, records, sample=4)
     assert fraction == 1.0 and len(samples) == 4
-    model.generate = lambda ids, **kw: fake_generate(ids, wrong=True, **kw)
+    monkeypatch.setattr(evaluate, "greedy_continuation", lambda *a, **kw: fake_continuation(*a, **kw, wrong=True))
     fraction, samples = explanation_consistency(scorer, records, sample=4)
     assert fraction == 0.0 and all(not s["consistent"] for s in samples)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from afrl.contract import GradeResult, parse_completion, result_from_logits
-from afrl.prefix_lm import end_token_ids, greedy_continuation, is_prefix_lm
+from afrl.prefix_lm import end_token_ids, greedy_continuation
 from afrl.scorer import TorchScorer
 from training.data import Record, TrecCollection, split_by_query
 from training.metrics import (
@@ -78,7 +78,9 @@ def explanation_consistency(
     max_new_tokens: int = 128,
     seed: int = 0,
 ) -> tuple[float | None, list[dict[str, Any]]]:
-    """Fraction of greedy explanations that parse as consistent, over a seeded sample of the records."""
+    """Fraction of greedy explanations that parse as consistent, over a seeded sample of the records. Each is
+    decoded as the service's /explain writes it (`afrl.prefix_lm.greedy_continuation`): the argmax grade first,
+    then greedy tokens, for causal and prefix LMs alike."""
     import torch
     from tqdm.auto import tqdm
 
@@ -86,23 +88,13 @@ def explanation_consistency(
         return None, []
     chosen = random.Random(seed).sample(list(records), min(sample, len(records)))
     device = next(scorer.model.parameters()).device
+    eos = end_token_ids(scorer.model, scorer.tokenizer)
     samples = []
     for r in tqdm(chosen, desc="explaining", unit="pair"):
         prompt = scorer.builder.build(r.query, r.document, instruction)
         ids = torch.tensor([prompt.input_ids], device=device)
-        with torch.inference_mode():
-            if is_prefix_lm(scorer.model):  # `generate` would attend causally over the prompt
-                eos = end_token_ids(scorer.model, scorer.tokenizer)
-                new = greedy_continuation(scorer.model, ids, max_new_tokens, eos, scorer.grade_ids)
-            else:
-                out = scorer.model.generate(
-                    ids,
-                    attention_mask=torch.ones_like(ids),
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=scorer.pad_id,
-                )
-                new = out[0, ids.shape[1] :].tolist()
+        with torch.inference_mode():  # the service's /explain: the argmax grade first, then greedy tokens
+            new = greedy_continuation(scorer.model, ids, max_new_tokens, eos, scorer.grade_ids)
         text = scorer.tokenizer.decode(new, skip_special_tokens=True)
         parsed = parse_completion(text, r.document, scorer.scale)
         samples.append(
