@@ -230,6 +230,29 @@ def test_the_training_pass_reads_the_grade_as_the_scorer_does_and_learns_the_exp
     assert 0 < float(nll) < 20
 
 
+@pytest.mark.parametrize("arch", ["bert", "qwen3"])
+def test_the_sft_loss_reads_the_grade_where_the_scorer_does(arch):
+    """`training.losses.completion_nll_and_grade_logits` (SFT and RL) labels the grade token too: its grade-position
+    logits are the scorer's grade logits of the prompt alone, for a prefix LM (its mask keeps the completion out
+    of the prompt) and for a causal LM, and its NLL comes from the model's own head."""
+    from afrl.scorer import pad_batch
+    from training.losses import completion_nll_and_grade_logits
+
+    model, tok = build_tiny_model(arch)
+    grade_ids = GradeScale().token_ids(tok)
+    prompts = [_prompt_ids(tok, *pair) for pair in PAIRS[:2]]
+    completion = [grade_ids[1], *tok.encode("\nIntent: x", add_special_tokens=False)]
+    ids, mask = pad_batch([p + completion for p in prompts], tok.pad_token_id, "right")
+    labels = torch.full_like(ids, -100)
+    for i, p in enumerate(prompts):
+        labels[i, len(p) : len(p) + len(completion)] = torch.tensor(completion)
+    with torch.no_grad():
+        nll, _, first = completion_nll_and_grade_logits(model, ids, mask, labels)
+        alone = torch.cat([grade_logits(model, torch.tensor([p]), torch.ones(1, len(p)), grade_ids) for p in prompts])
+    torch.testing.assert_close(first[:, grade_ids], alone, atol=1e-4, rtol=1e-4)
+    assert 0 < float(nll) < 20
+
+
 def test_the_greedy_explanation_starts_with_the_argmax_grade(tiny_bert):
     """With grade_ids the first token is the scored grade, as the service's /explain writes it, whatever the rest
     of the vocabulary scores at that position; the tokens after it are the plain greedy continuation."""

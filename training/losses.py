@@ -6,7 +6,9 @@ mean NLL. Why the weight: an AFRL completion is ~45 tokens and only the first on
 unweighted SFT spends ~2 % of its loss on the grade (the first SmolLM2 run learned the explanation format and
 collapsed to the majority grade, training/README.md).
 The LM head is applied only at completion positions: the prompt is most of every sequence and a 49k-row head
-over it is about a quarter of the forward cost on CPU, for logits the loss never reads.
+over it is about a quarter of the forward cost on CPU, for logits the loss never reads. A prefix LM
+(`afrl.prefix_lm`) is trained under its own mask (bidirectional over the prompt, which ends where the first label
+is, causal over the completion) and its own head (BERT's transform and bias), so SFT and RL train it as it scores.
 
 `listwise_grade_loss` (ListNet): for a batch of documents of one query, L_rank = -sum_i softmax(g)_i *
 log softmax(s)_i, where g_i is the gold grade and s_i = sum_k k * p_i(k) the expected grade the scorer ranks by.
@@ -22,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from afrl.prefix_lm import body, training_mask, vocab_logits
 from afrl.scorer import position_ids_from_mask
 
 
@@ -29,12 +32,6 @@ def unwrap_model(model: Any) -> Any:
     """The transformers model inside a PEFT wrapper and DDP / accelerate wrappers, if there are any."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     return getattr(inner, "module", inner)
-
-
-def causal_lm_parts(model: Any) -> tuple[Any, Any]:
-    """(decoder, lm_head) of a causal LM, through a PEFT wrapper if there is one."""
-    inner = unwrap_model(model)
-    return inner.model, inner.get_output_embeddings()
 
 
 def completion_nll(
@@ -58,17 +55,18 @@ def completion_nll_and_grade_logits(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`completion_nll` plus the full-vocabulary logits at each row's grade position (batch x vocab), so that a
     ranking term can be added without a second forward pass."""
-    decoder, head = causal_lm_parts(model)
-    hidden = decoder(
+    inner = unwrap_model(model)
+    prompt_lengths = (labels != -100).long().argmax(-1)  # the first label is the grade, right after the prompt
+    hidden = body(inner)(
         input_ids=input_ids,
-        attention_mask=attention_mask,
+        attention_mask=training_mask(inner, attention_mask, prompt_lengths),
         position_ids=position_ids_from_mask(attention_mask),
         use_cache=False,
     )
     hidden = hidden.last_hidden_state[:, :-1]
     targets = labels[:, 1:]
     keep = targets != -100
-    logits = head(hidden[keep]).float()
+    logits = vocab_logits(inner, hidden[keep]).float()
     gold = targets[keep]
     nll = F.cross_entropy(logits, gold, reduction="none")
     # the first kept position of each row is its grade token
