@@ -133,15 +133,21 @@ def greedy_continuation(
     max_new_tokens: int,
     eos_ids: set[int],
     grade_ids: Sequence[int] | None = None,
+    constraint: Any = None,
 ) -> list[int]:
     """Greedy token ids after a one-row prompt, stopping at an end token (not included) or the length limit. With
     `grade_ids`, the first token is the argmax grade, as the service's `/explain` writes it (a student distilled
-    on grade logits alone never learned the rest of the vocabulary's scores at that position)."""
+    on grade logits alone never learned the rest of the vocabulary's scores at that position). A
+    `constraint` (`afrl.quote_constraint.QuoteConstraint`) restricts the tokens inside the Evidence quote."""
     logits, past = prompt_pass(model, input_ids)
     tokens: list[int] = []
     while len(tokens) < max_new_tokens:
         if not tokens and grade_ids is not None:
             token = list(grade_ids)[int(logits[0][list(grade_ids)].argmax())]
+            if constraint is not None:
+                constraint.advance(token)
+        elif constraint is not None:
+            token = constraint.pick(logits[0])
         else:
             token = int(logits[0].argmax())
         if token in eos_ids:

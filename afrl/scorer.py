@@ -95,7 +95,7 @@ class TorchScorer:
         such a prompt would fail deep inside the model, on the first long document of some request."""
         limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
         b = self.builder
-        longest = len(b.build("", "").input_ids) + b.max_query_tokens + b.max_document_tokens
+        longest = b.max_prompt_tokens()
         if limit is not None and longest > limit:
             raise ValueError(
                 f"the longest prompt of this contract is {longest} tokens (max_query_tokens {b.max_query_tokens} + "
@@ -146,7 +146,7 @@ def fitted_default_builder(model: Any, tokenizer: Any) -> PromptBuilder:
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if limit is None:
         return builder
-    over = len(builder.build("", "").input_ids) + builder.max_query_tokens + builder.max_document_tokens - limit
+    over = builder.max_prompt_tokens() - limit
     if over <= 0:
         return builder
     fitted = builder.max_document_tokens - over

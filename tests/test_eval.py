@@ -280,7 +280,7 @@ def test_explanation_consistency_counts_consistent_completions(tiny_qwen, monkey
     records = generate_records(6, seed=0)
     targets = {r.query + r.document: format_target(r.grade, r.explanation) for r in records}
 
-    def fake_continuation(model_, ids, max_new_tokens, eos, grade_ids, wrong=False):
+    def fake_continuation(model_, ids, max_new_tokens, eos, grade_ids, constraint, wrong=False):
         assert model_ is model and grade_ids == scorer.grade_ids  # the grade is forced, as /explain does
         text = tok.decode(ids[0])
         record = next(r for r in records if r.document[:20] in text)
@@ -291,7 +291,7 @@ def test_explanation_consistency_counts_consistent_completions(tiny_qwen, monkey
 
     monkeypatch.setattr(evaluate, "greedy_continuation", fake_continuation)
     fraction, samples = explanation_consistency(scorer, records, sample=4)
-    assert fraction == 1.0 and len(samples) == 4
+    assert fraction == 1.0 and len(samples) == 4 and all(s["free_consistent"] for s in samples)
     monkeypatch.setattr(evaluate, "greedy_continuation", lambda *a, **kw: fake_continuation(*a, **kw, wrong=True))
     fraction, samples = explanation_consistency(scorer, records, sample=4)
     assert fraction == 0.0 and all(not s["consistent"] for s in samples)

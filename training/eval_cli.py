@@ -30,6 +30,7 @@ SUMMARY_KEYS = (
     "macro_f1",
     "ece",
     "consistency",
+    "consistency_free",
     "head_rule_accuracy",
     "tail_rule_accuracy",
 )

@@ -7,7 +7,9 @@ report; BM25's own order is the reference row); (b) the fully judged pool: rank 
 so the ideal ranking is reachable, and a group without any grade above 0 is left out (every order of it is
 equally good). Classification metrics use the judged pairs; the predicted grade is the argmax of the grade
 distribution, and its probability is the confidence that ECE calibrates. Explanation consistency is measured
-on a small seeded sample generated greedily by the torch model and checked by `afrl.contract.parse_completion`.
+on a small seeded sample generated greedily by the torch model and checked by `afrl.contract.parse_completion`:
+`consistency` as /explain decodes it (Evidence quote constrained to the passage, `afrl.quote_constraint`),
+`consistency_free` without the constraint (what the model writes on its own).
 
 Library entry points (the RL study calls these): `evaluate_records`, `evaluate_trec`, `write_report`.
 The command line is `afrl eval` (training/eval_cli.py).
@@ -25,6 +27,7 @@ from typing import Any
 
 from afrl.contract import GradeResult, parse_completion, result_from_logits
 from afrl.prefix_lm import end_token_ids, greedy_continuation
+from afrl.quote_constraint import QuoteConstraint
 from afrl.scorer import TorchScorer
 from training.data import Record, TrecCollection, split_by_query
 from training.metrics import (
@@ -80,7 +83,8 @@ def explanation_consistency(
 ) -> tuple[float | None, list[dict[str, Any]]]:
     """Fraction of greedy explanations that parse as consistent, over a seeded sample of the records. Each is
     decoded as the service's /explain writes it (`afrl.prefix_lm.greedy_continuation`): the argmax grade first,
-    then greedy tokens, for causal and prefix LMs alike."""
+    then greedy tokens with the Evidence quote constrained to the passage (`afrl.quote_constraint`), for causal
+    and prefix LMs alike. Each sample also carries the free decoding (`free_consistent`), the model's own rate."""
     import torch
     from tqdm.auto import tqdm
 
@@ -93,10 +97,17 @@ def explanation_consistency(
     for r in tqdm(chosen, desc="explaining", unit="pair"):
         prompt = scorer.builder.build(r.query, r.document, instruction)
         ids = torch.tensor([prompt.input_ids], device=device)
-        with torch.inference_mode():  # the service's /explain: the argmax grade first, then greedy tokens
-            new = greedy_continuation(scorer.model, ids, max_new_tokens, eos, scorer.grade_ids)
-        text = scorer.tokenizer.decode(new, skip_special_tokens=True)
-        parsed = parse_completion(text, r.document, scorer.scale)
+        decoded = {}
+        for name, constraint in (
+            ("constrained", QuoteConstraint.for_prompt(scorer.tokenizer, prompt)),
+            ("free", None),
+        ):
+            with torch.inference_mode():
+                new = greedy_continuation(scorer.model, ids, max_new_tokens, eos, scorer.grade_ids, constraint)
+            text = scorer.tokenizer.decode(new, skip_special_tokens=True)
+            decoded[name] = (text, parse_completion(text, r.document, scorer.scale))
+        text, parsed = decoded["constrained"]
+        free_text, free = decoded["free"]
         samples.append(
             {
                 "id": r.id,
@@ -105,6 +116,8 @@ def explanation_consistency(
                 "completion": text,
                 "consistent": parsed.consistent,
                 "errors": parsed.errors,
+                "free_completion": free_text,
+                "free_consistent": free.consistent,
             }
         )
     return sum(s["consistent"] for s in samples) / len(samples), samples
@@ -179,7 +192,13 @@ def _consistency(
     scorer: TorchScorer, records: Sequence[Record], sample: int, instruction: str | None, tokens: int
 ) -> dict[str, Any]:
     fraction, samples = explanation_consistency(scorer, records, sample, instruction, tokens)
-    return {"consistency": fraction, "consistency_n": len(samples), "explanation_samples": samples}
+    free = sum(s["free_consistent"] for s in samples) / len(samples) if samples else None
+    return {
+        "consistency": fraction,
+        "consistency_free": free,
+        "consistency_n": len(samples),
+        "explanation_samples": samples,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- TREC
@@ -343,7 +362,9 @@ def render_report(metrics: dict[str, Any]) -> str:
     for key, label in (("ndcg@10_judged", "nDCG@10"), ("mrr@10_judged", "MRR@10"), ("map_judged", "MAP")):
         if key in metrics:
             lines.append(f"| {label}, judged pool | {_fmt(metrics[key])} | - | - |")
-    classification = [k for k in ("accuracy", "macro_f1", "ece", "consistency", "consistency_n") if k in metrics]
+    classification = [
+        k for k in ("accuracy", "macro_f1", "ece", "consistency", "consistency_free", "consistency_n") if k in metrics
+    ]
     if classification:
         lines += ["", "## Classification (judged pairs)", "", "| metric | value |", "|---|---|"]
     for key in classification:

@@ -9,7 +9,8 @@
 * Explanations: one forward pass over the prompt gives the score (the grade logits at the last position, the
   same numbers as /score) before anything is decoded (a prefix LM, `afrl.prefix_lm`, attends over the whole
   prompt there and gets no prefix reuse); decoding then continues greedily from the argmax grade
-  token, one token at a time, checking a stop flag before each step so a disconnected client stops the work.
+  token, one token at a time, checking a stop flag before each step so a disconnected client stops the work;
+  inside the Evidence quote the tokens are kept to the passage's own (`afrl.quote_constraint`).
 * bf16 on CPUs with AMX or AVX512-BF16 (about 3x faster here), unless the settings say fp32.
 """
 
@@ -27,6 +28,7 @@ import torch
 from afrl.contract import Prompt
 from afrl.hardware import bf16_is_fast
 from afrl.prefix_lm import end_token_ids, is_prefix_lm, prompt_pass, step_pass
+from afrl.quote_constraint import QuoteConstraint
 from afrl.scorer import TorchScorer, grade_head, grade_logits, last_real_index, pad_batch, position_ids_from_mask
 from service.backends.base import ExplainEvent, ScoreStep, StreamEnd, TextDelta
 
@@ -120,8 +122,12 @@ class TorchBackend:
             logits, past = prompt_pass(self.model, ids)
             g = logits[0].float()[self.grade_ids]
             yield ScoreStep(g.cpu().numpy())
-            # The first token is the argmax grade, so the explanation always follows the score that was sent.
+            # The first token is the argmax grade, so the explanation always follows the score that was sent; the
+            # Evidence quote is kept to the passage's own tokens (afrl.quote_constraint), as afrl eval decodes it.
             token = self.grade_ids[int(g.argmax())]
+            constraint = QuoteConstraint.for_prompt(self.tokenizer, prompt)
+            if constraint is not None:
+                constraint.advance(token)
             generated: list[int] = []
             emitted = ""
             reason = "length"
@@ -141,7 +147,7 @@ class TorchBackend:
                     break
                 step = torch.tensor([[token]], dtype=torch.long, device=self.device)
                 logits, past = step_pass(self.model, step, past)
-                token = int(logits[0].argmax())
+                token = constraint.pick(logits[0]) if constraint is not None else int(logits[0].argmax())
                 if token in self.eos_ids:
                     reason = "eos"
                     break
