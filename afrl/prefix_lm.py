@@ -137,8 +137,8 @@ def greedy_continuation(
 ) -> list[int]:
     """Greedy token ids after a one-row prompt, stopping at an end token (not included) or the length limit. With
     `grade_ids`, the first token is the argmax grade, as the service's `/explain` writes it (a student distilled
-    on grade logits alone never learned the rest of the vocabulary's scores at that position). A
-    `constraint` (`afrl.quote_constraint.QuoteConstraint`) restricts the tokens inside the Evidence quote."""
+    on grade logits alone never learned the rest of the vocabulary's scores at that position). A `constraint`
+    (`afrl.explanation_constraint.ExplanationConstraint`) keeps the Evidence quote and the Verdict to the contract."""
     logits, past = prompt_pass(model, input_ids)
     tokens: list[int] = []
     while len(tokens) < max_new_tokens:

@@ -10,7 +10,7 @@
   same numbers as /score) before anything is decoded (a prefix LM, `afrl.prefix_lm`, attends over the whole
   prompt there and gets no prefix reuse); decoding then continues greedily from the argmax grade
   token, one token at a time, checking a stop flag before each step so a disconnected client stops the work;
-  inside the Evidence quote the tokens are kept to the passage's own (`afrl.quote_constraint`).
+  the Evidence quote is kept to the passage and the Verdict to the grade (`afrl.explanation_constraint`).
 * bf16 on CPUs with AMX or AVX512-BF16 (about 3x faster here), unless the settings say fp32.
 """
 
@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from afrl.contract import Prompt
+from afrl.explanation_constraint import ExplanationConstraint
 from afrl.hardware import bf16_is_fast
 from afrl.prefix_lm import end_token_ids, is_prefix_lm, prompt_pass, step_pass
-from afrl.quote_constraint import QuoteConstraint
 from afrl.scorer import TorchScorer, grade_head, grade_logits, last_real_index, pad_batch, position_ids_from_mask
 from service.backends.base import ExplainEvent, ScoreStep, StreamEnd, TextDelta
 
@@ -123,9 +123,9 @@ class TorchBackend:
             g = logits[0].float()[self.grade_ids]
             yield ScoreStep(g.cpu().numpy())
             # The first token is the argmax grade, so the explanation always follows the score that was sent; the
-            # Evidence quote is kept to the passage's own tokens (afrl.quote_constraint), as afrl eval decodes it.
+            # Evidence and the Verdict are kept to the contract (afrl.explanation_constraint), as afrl eval decodes.
             token = self.grade_ids[int(g.argmax())]
-            constraint = QuoteConstraint.for_prompt(self.tokenizer, prompt)
+            constraint = ExplanationConstraint.for_prompt(self.tokenizer, prompt)
             if constraint is not None:
                 constraint.advance(token)
             generated: list[int] = []

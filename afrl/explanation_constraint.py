@@ -1,18 +1,21 @@
-"""Quote-constrained decoding: the Evidence of an explanation is a verbatim span of the passage, by construction.
+"""Constrained explanation decoding: the Evidence is a verbatim span of the passage and the Verdict restates the
+grade, by construction.
 
 Why: the AFRL explanation's Evidence must quote the passage (`afrl.contract.parse_completion` checks it), and a
 small student learns the explanation's fixed format long before it learns to copy (the prefix-LM student's NLL
 flattens at ~3 nats/token with the field names learned and the copied words not; training/README.md). Grammar-
-constrained decoding is the standard remedy (vLLM's guided decoding and outlines do it for JSON); here only the
-quote is constrained, so everything else the model writes (Intent, Reasoning, Verdict, and where the quote starts
-and stops) stays its own choice:
+constrained decoding is the standard remedy (vLLM's guided decoding and outlines do it for JSON). Here only two
+places are constrained, so the rest (Intent, Reasoning, where the quote starts and stops) stays the model's own:
 
 - until the text so far ends with `Evidence: "` (any case, any spacing), tokens are free;
 - inside the quote, the next token must continue a span of the passage's own token ids (the prompt's document
   tokens), or close the quote once at least one token is quoted; when no span can continue, or after
-  `max_quote_tokens`, the quote is closed;
-- after the closing quote, tokens are free again.
+  `max_quote_tokens`, the quote is closed, and the closing quote is followed by the newline that ends the field;
+- when the text ends with `Verdict:`, the next token is the grade the explanation started with (the AFRL
+  contract: the Verdict restates the first token), and the explanation ends there.
 
+So `consistency` measured under this decoding (afrl eval) is partly guaranteed: it reports the model's format
+(fields present, in order) and the constraint's quote and verdict; `consistency_free` is the model alone.
 One object per explanation; `pick(logits)` chooses the greedy token under the constraint and records it. Used by
 `afrl.prefix_lm.greedy_continuation` (afrl eval's explanation sample) and the service's torch backend, so both
 decode alike. A tokenizer without a one-token `"` gets no constraint (`for_prompt` returns None).
@@ -29,33 +32,59 @@ import torch
 from afrl.contract import Prompt
 
 _OPENS = re.compile(r'evidence\s*:\s*"\s*$', re.IGNORECASE)
+_VERDICT = re.compile(r"verdict\s*:\s*$", re.IGNORECASE)
 
 
-class QuoteConstraint:
-    def __init__(self, tokenizer: Any, document_ids: Sequence[int], close_id: int, max_quote_tokens: int = 32):
+class ExplanationConstraint:
+    def __init__(
+        self,
+        tokenizer: Any,
+        document_ids: Sequence[int],
+        close_id: int,
+        max_quote_tokens: int = 32,
+        newline_id: int | None = None,
+        end_id: int | None = None,
+    ):
         self.tokenizer = tokenizer
         self.close_id = close_id
+        self.newline_id = newline_id
+        self.end_id = end_id
         self.doc = list(document_ids)
         self.max_quote_tokens = max_quote_tokens
         self.tokens: list[int] = []
-        self.state = "before"  # "before" the quote opens, "inside" it, "after" it closed
+        self.state = "before"  # "before" the quote opens, "inside" it, "after" it closed, "done" after the verdict
         self.matches: list[int] = []  # passage positions of the last quoted token (every span still possible)
         self.quoted = 0
 
     @classmethod
-    def for_prompt(cls, tokenizer: Any, prompt: Prompt, max_quote_tokens: int = 32) -> QuoteConstraint | None:
+    def for_prompt(cls, tokenizer: Any, prompt: Prompt, max_quote_tokens: int = 32) -> ExplanationConstraint | None:
         """The constraint for one prompt's passage (its document token ids), or None when `"` is not one token."""
         ids = tokenizer.encode('"', add_special_tokens=False)
         if len(ids) != 1:
             return None
+        newline = tokenizer.encode("\n", add_special_tokens=False)
         start = prompt.query_prefix_len
-        return cls(tokenizer, prompt.input_ids[start : start + prompt.document_tokens], ids[0], max_quote_tokens)
+        return cls(
+            tokenizer,
+            prompt.input_ids[start : start + prompt.document_tokens],
+            ids[0],
+            max_quote_tokens,
+            newline_id=newline[0] if len(newline) == 1 else None,
+            end_id=tokenizer.eos_token_id,
+        )
 
     def allowed(self) -> list[int] | None:
         """Token ids the next token may be, or None when it is free."""
-        if self.state == "before" and _OPENS.search(self.tokenizer.decode(self.tokens, skip_special_tokens=True)):
+        if self.state == "done":
+            return [self.end_id] if self.end_id is not None else None
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True) if self.state != "inside" else ""
+        if self.state == "before" and _OPENS.search(text):
             self.state = "inside"
         if self.state != "inside":
+            if self.tokens and _VERDICT.search(text):
+                return [self.tokens[0]]  # the grade the explanation started with
+            if self.state == "after" and self.tokens[-1] == self.close_id and self.newline_id is not None:
+                return [self.newline_id]
             return None
         if self.quoted == 0:
             starts = {t for t in self.doc if t != self.close_id}
@@ -67,6 +96,8 @@ class QuoteConstraint:
 
     def advance(self, token: int) -> None:
         """Record the token that was emitted (picked here or forced by the caller, e.g. the grade)."""
+        if self.state != "inside" and self.tokens and _VERDICT.search(self.tokenizer.decode(self.tokens)):
+            self.state = "done"
         if self.state == "inside":
             if token == self.close_id:
                 self.state = "after"

@@ -1,13 +1,14 @@
-"""afrl.quote_constraint: inside the Evidence quote every token continues a span of the passage; outside, free."""
+"""afrl.explanation_constraint: inside the Evidence quote every token continues a span of the passage; outside, free."""
 
 from __future__ import annotations
 
+import re
 import threading
 
 import torch
 
 from afrl.contract import GradeScale, PromptBuilder
-from afrl.quote_constraint import QuoteConstraint
+from afrl.explanation_constraint import ExplanationConstraint
 from afrl.testing import build_tiny_model, tiny_tokenizer
 
 DOCUMENT = "Berlin had 3,520,031 registered inhabitants in 2015."
@@ -15,7 +16,7 @@ DOCUMENT = "Berlin had 3,520,031 registered inhabitants in 2015."
 
 def _constraint(tok, document=DOCUMENT, **kw):
     prompt = PromptBuilder(tok).build("population of berlin", document)
-    constraint = QuoteConstraint.for_prompt(tok, prompt, **kw)
+    constraint = ExplanationConstraint.for_prompt(tok, prompt, **kw)
     assert constraint is not None
     return constraint
 
@@ -75,7 +76,7 @@ def test_a_tokenizer_without_a_one_token_quote_gets_no_constraint():
             return [1, 2]
 
     prompt = PromptBuilder(tiny_tokenizer()).build("q", "d")
-    assert QuoteConstraint.for_prompt(TwoTokenQuote(), prompt) is None
+    assert ExplanationConstraint.for_prompt(TwoTokenQuote(), prompt) is None
 
 
 def test_the_torch_backend_streams_what_the_constrained_greedy_continuation_writes(monkeypatch):
@@ -86,7 +87,7 @@ def test_the_torch_backend_streams_what_the_constrained_greedy_continuation_writ
     from service.backends import torch_backend
     from service.backends.base import TextDelta
 
-    class OpenQuote(QuoteConstraint):
+    class OpenQuote(ExplanationConstraint):
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw)
             self.state = "inside"
@@ -99,7 +100,7 @@ def test_the_torch_backend_streams_what_the_constrained_greedy_continuation_writ
     model, tok = build_tiny_model("bert")
     scorer = TorchScorer(model, tok, PromptBuilder(tok), GradeScale())
     OpenQuote.grade_ids = set(scorer.grade_ids)
-    monkeypatch.setattr(torch_backend, "QuoteConstraint", OpenQuote)
+    monkeypatch.setattr(torch_backend, "ExplanationConstraint", OpenQuote)
     prompt = scorer.builder.build("population of berlin", DOCUMENT)
     events = list(torch_backend.TorchBackend(scorer).explain(prompt, 12, threading.Event()))
     streamed = "".join(e.text for e in events if isinstance(e, TextDelta))
@@ -112,3 +113,19 @@ def test_the_torch_backend_streams_what_the_constrained_greedy_continuation_writ
     assert streamed == full or full == streamed + "\ufffd"  # the stream holds back an incomplete character
     quote = streamed[1:].split('"')[0]
     assert len(tokens) > 2 and quote.strip() and quote.strip() in DOCUMENT
+
+
+def test_the_closing_quote_ends_its_line_and_the_verdict_restates_the_first_grade():
+    """After the quote closes, the newline that ends the field; after `Verdict:`, the grade the explanation began
+    with (whatever the model prefers), then the end token."""
+    tok = tiny_tokenizer()
+    constraint = _constraint(tok)
+    constraint.advance(tok.encode("1", add_special_tokens=False)[0])  # the forced first token: grade 1
+    logits = _scripted(tok, '\nIntent: x\nEvidence: "zebra"\nReasoning: y\nVerdict: 3 and more')
+    picked = [constraint.pick(logits(i)) for i in range(60)]
+    text = tok.decode(constraint.tokens, skip_special_tokens=True)
+    evidence_line = text.split("\n")[2]
+    assert evidence_line.startswith('Evidence: "') and evidence_line.endswith('"')  # closed, then its newline
+    assert re.search(r"\nVerdict:\s*1$", text) and "3 and more" not in text
+    if tok.eos_token_id is not None:
+        assert picked[-1] == tok.eos_token_id
