@@ -6,6 +6,9 @@ worker thread so the event loop keeps serving. Inside a batch, prompts are sorte
 forward passes that stay under the token budget (length bucketing: little padding). A job whose documents share
 one query prefix runs on the backend's prefix-reuse path.
 
+A pass that raises fails only the requests whose pairs caused it: the batch is rerun one job at a time, and each
+job gets its own result or its own error (a bad input in one request never costs the others their answer).
+
 Limits: the queue holds at most `max_queue_pairs` waiting pairs (more raises QueueFullError, 429 upstream); a
 job past its deadline is dropped before it costs a forward pass (DeadlineError, 503). Cancellation is one
 mechanism: a job is abandoned when its future is cancelled, whether by its deadline (`wait_for` in `submit`) or
@@ -243,21 +246,38 @@ class Batcher:
             self._running = live
             start = time.monotonic()
             try:
-                results = await loop.run_in_executor(self._executor, self._execute, live)
+                results: list[np.ndarray | BaseException] = list(
+                    await loop.run_in_executor(self._executor, self._execute, live)
+                )
             except Exception as e:
-                log.exception("inference failed for a batch of %d jobs", len(live))
-                for job in live:
-                    if not job.future.done():
-                        job.future.set_exception(e)
-                continue
+                if len(live) == 1:
+                    log.exception("inference failed for a job of %d pairs", len(live[0].prompts))
+                    results = [e]
+                else:  # find whose pairs failed: each job alone, so the others still get their answer
+                    log.warning("a pass of %d jobs failed (%s); rerunning them one at a time", len(live), e)
+                    results = [await self._execute_alone(loop, job) for job in live]
             finally:
                 self._busy = False
                 self._running = []
             elapsed = time.monotonic() - start
-            for job, logits in zip(live, results, strict=True):
+            for job, result in zip(live, results, strict=True):
                 job.inference_s = elapsed
-                if not job.future.done():
-                    job.future.set_result(logits)
+                if job.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    job.future.set_exception(result)
+                else:
+                    job.future.set_result(result)
+
+    async def _execute_alone(self, loop: asyncio.AbstractEventLoop, job: Job) -> np.ndarray | BaseException:
+        if job.future.done():
+            return np.empty((0, 0), dtype=np.float32)  # abandoned meanwhile: nobody reads it
+        self._running = [job]
+        try:
+            return (await loop.run_in_executor(self._executor, self._execute, [job]))[0]
+        except Exception as e:
+            log.exception("inference failed for a job of %d pairs", len(job.prompts))
+            return e
 
     # ------------------------------------------------------------------------------------------------ worker
 
@@ -296,7 +316,9 @@ class Batcher:
             if job.abandoned.is_set():
                 return True  # nobody reads the rest: stop between passes
             prompts = [p for _, _, p in chunk]
-            logits = self._timed_pass(prompts, lambda ps: self.backend.grade_logits_shared_prefix(ps, prefix))
+            logits = self._timed_pass(
+                prompts, lambda ps: self.backend.grade_logits_shared_prefix(ps, prefix), offset=prefix
+            )
             if logits is None:
                 return False  # the backend cannot reuse prefixes: nothing was computed, take the plain path
             for row, (_, pi, _) in zip(logits, chunk, strict=True):
@@ -319,7 +341,9 @@ class Batcher:
             chunks.append(current)
         return chunks
 
-    def _timed_pass(self, prompts: list[Prompt], fn) -> np.ndarray | None:  # type: ignore[no-untyped-def]
+    def _timed_pass(self, prompts: list[Prompt], fn, offset: int = 0) -> np.ndarray | None:  # type: ignore[no-untyped-def]
+        """Run one pass and record it: latency, pairs, padded tokens, and real against padded tokens (after a
+        reused prefix of `offset` tokens, which is computed once and never padded)."""
         start = time.monotonic()
         logits = fn(prompts)
         elapsed = time.monotonic() - start
@@ -328,7 +352,10 @@ class Batcher:
             self.metrics.model_pairs.inc(len(prompts))
             self.metrics.inference_latency.observe(elapsed)
             self.metrics.batch_size.observe(len(prompts))
+            widths = [len(p.input_ids) - offset for p in prompts]
             self.metrics.batch_tokens.observe(len(prompts) * max(len(p.input_ids) for p in prompts))
+            self.metrics.real_tokens.inc(sum(widths))
+            self.metrics.padded_tokens.inc(len(widths) * max(widths))
         return logits
 
 

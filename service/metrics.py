@@ -50,6 +50,13 @@ class Metrics:
         self.model_pairs = Counter(
             "afrl_model_pairs", "pairs that went through a forward pass (including warm-up)", registry=r
         )
+        # padding efficiency = real / padded (rate(real) / rate(padded) in PromQL): the waste length bucketing cuts
+        self.real_tokens = Counter(
+            "afrl_real_tokens", "prompt tokens computed in forward passes (after any reused prefix)", registry=r
+        )
+        self.padded_tokens = Counter(
+            "afrl_padded_tokens", "tokens computed including padding: pairs x the longest prompt, per pass", registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
