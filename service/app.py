@@ -19,7 +19,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
 from service import errors
-from service.backends.base import Backend
+from service.backends.base import Backend, can_explain
 from service.deps import ApiKey
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
@@ -112,7 +112,8 @@ async def _warm_up(app: FastAPI) -> None:
     def run() -> None:
         backend.grade_logits_shared_prefix(prompts, prompts[0].query_prefix_len)
         backend.grade_logits(prompts)
-        for _ in backend.explain(prompts[0], 2, threading.Event()):
-            pass
+        if can_explain(backend):  # a scorer-only export has nothing to warm up here
+            for _ in backend.explain(prompts[0], 2, threading.Event()):
+                pass
 
     await asyncio.to_thread(run)

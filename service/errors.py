@@ -2,7 +2,8 @@
 
 400 a body that cannot be parsed at all (not UTF-8, nested too deeply), 413 too many documents, 422 bad input
 (FastAPI's validation, malformed JSON included, plus contract errors such as a bad or too long instruction),
-429 queue full (with Retry-After), 503 deadline passed or shutting down, 499 (seen by nobody: the client had
+429 queue full (with Retry-After), 501 /explain on a backend that cannot explain (a scorer-only ONNX export), 503
+deadline passed or shutting down, 499 (seen by nobody: the client had
 left) and 500 for anything unexpected (logged with the request id, never a crashed worker).
 
 Every body goes through `SafeJSONResponse`: ASCII-escaped, so a lone surrogate in an echoed string cannot fail
@@ -27,6 +28,7 @@ from fastapi.responses import JSONResponse
 
 from afrl.contract import ContractError
 from service import shapes
+from service.backends.base import ExplanationUnavailableError
 from service.batcher import DeadlineError, QueueFullError, ShuttingDownError
 from service.cancellation import CLIENT_CLOSED_REQUEST, ClientDisconnected
 from service.scoring import TooManyDocumentsError
@@ -44,6 +46,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
         "`detail[].loc` names the field"
     },
     429: {"description": "the queue is full; retry after the Retry-After header's seconds"},
+    501: {"description": "/explain on a backend without an explanation decoder (a scorer-only ONNX export)"},
     503: {"description": "the request passed its deadline, or the server is shutting down"},
 }
 
@@ -118,6 +121,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ShuttingDownError)
     async def _shutdown(request: Request, exc: ShuttingDownError) -> JSONResponse:
         return error_response(request, 503, str(exc), headers={"Retry-After": "5"})
+
+    @app.exception_handler(ExplanationUnavailableError)
+    async def _no_explanations(request: Request, exc: ExplanationUnavailableError) -> JSONResponse:
+        return error_response(request, 501, str(exc))
 
     @app.exception_handler(ContractError)
     async def _contract(request: Request, exc: ContractError) -> JSONResponse:

@@ -39,6 +39,21 @@ class StreamEnd:
 ExplainEvent = ScoreStep | TextDelta | StreamEnd
 
 
+EXPLAIN_UNAVAILABLE = (
+    "this ONNX export has no explanation decoder (a prefix-LM model exports its scorer only, or it was exported "
+    "without the decoder): /score and /rerank work; for /explain serve the model folder with --backend torch"
+)
+
+
+class ExplanationUnavailableError(Exception):
+    """This backend cannot write explanations (a scorer-only ONNX export): /explain answers 501."""
+
+
+def can_explain(backend: Any) -> bool:
+    """Whether `backend` writes explanations; a backend without the `can_explain` attribute does."""
+    return bool(getattr(backend, "can_explain", True))
+
+
 @runtime_checkable
 class Backend(Protocol):
     name: str

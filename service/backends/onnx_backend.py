@@ -18,7 +18,14 @@ from typing import Any
 import numpy as np
 
 from afrl.contract import Prompt
-from service.backends.base import ExplainEvent, ScoreStep, StreamEnd, TextDelta
+from service.backends.base import (
+    EXPLAIN_UNAVAILABLE,
+    ExplainEvent,
+    ExplanationUnavailableError,
+    ScoreStep,
+    StreamEnd,
+    TextDelta,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +36,7 @@ class OnnxBackend:
     def __init__(self, scorer: Any, generator: Any | None, model_name: str):
         self.scorer = scorer
         self.generator = generator
+        self.can_explain = generator is not None  # a scorer-only export (a prefix LM's) serves /score, /rerank
         self.builder = scorer.builder
         self.scale = scorer.scale
         self.tokenizer = scorer.tokenizer
@@ -53,7 +61,7 @@ class OnnxBackend:
         try:
             generator = OnnxGenerator.from_dir(folder, providers=provider_list, threads=threads)
         except (FileNotFoundError, ValueError) as e:
-            # A scorer-only export still serves /score and /rerank; /explain then answers 501.
+            # A scorer-only export still serves /score and /rerank; /explain then answers 501 (service.errors).
             log.warning("no explanation decoder in %s (%s): /explain is disabled", folder, e)
             generator = None
         return cls(scorer, generator, model_name=str(folder))
@@ -72,7 +80,7 @@ class OnnxBackend:
         logits = self.grade_logits([prompt])[0]
         yield ScoreStep(logits)
         if self.generator is None:
-            raise NotImplementedError("this export has no explanation decoder; re-export it with the decoder")
+            raise ExplanationUnavailableError(EXPLAIN_UNAVAILABLE)
         # As in the torch backend, the first token is the argmax grade, so the explanation follows the sent score.
         grade = int(np.argmax(logits))
         yield TextDelta(self.scale.labels[grade], tokens=1)

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from service.backends.base import EXPLAIN_UNAVAILABLE, ExplanationUnavailableError, can_explain
 from service.batcher import DeadlineError, ShuttingDownError
 from service.cancellation import until_disconnect
 from service.deps import ApiKey, ExplainerDep, ScoringDep, SettingsDep
@@ -55,6 +56,8 @@ async def explain(
     body: ExplainRequest, request: Request, scoring: ScoringDep, explainer: ExplainerDep, settings: SettingsDep
 ) -> Any:
     started = getattr(request.state, "started", time.monotonic())
+    if not can_explain(explainer.backend):  # before any work: a plain 501, not an error event mid-stream
+        raise ExplanationUnavailableError(EXPLAIN_UNAVAILABLE)
     prompt = (await scoring.build([(body.query, body.document)], body.instruction))[0]
     explainer.admit()
     max_new = min(body.max_new_tokens or settings.max_new_tokens, settings.max_new_tokens)

@@ -81,3 +81,25 @@ def test_reranker_over_the_onnx_export_ranks_like_torch(exported):
         text = "".join(explanation)
         assert explanation.result is not None and explanation.result["text"].startswith(str(explanation.grade))
         assert isinstance(text, str) and explanation.result["completion_tokens"] <= 6
+
+
+def test_a_scorer_only_export_serves_scores_and_answers_explain_with_501(tmp_path):
+    """A prefix LM's ONNX export has no decoder (what the Docker image serves for the default model): the server
+    starts (warm-up skips the explanation), scores like torch, and /explain is a plain 501 that says what to do."""
+    from afrl.testing import build_tiny_model
+    from export.pipeline import ExportOptions, export_scorer_model
+
+    model, tok = build_tiny_model("bert")
+    torch_backend = make_backend(model, tok)
+    export_scorer_model(torch_backend.scorer, "tiny-bert", ExportOptions(out=tmp_path, threads=1, overwrite=True))
+    onnx_backend = OnnxBackend.from_dir(str(tmp_path), providers="cpu", threads=1)
+    assert onnx_backend.can_explain is False
+    with TestClient(create_app(settings(backend="onnx"), onnx_backend)) as client:  # lifespan: warm-up runs
+        scored = client.post("/score", json={"query": QUERY, "documents": DOCS[:2]})
+        assert scored.status_code == 200
+        want = [r.grade for r in torch_backend.scorer.score([(QUERY, d) for d in DOCS[:2]])]
+        assert [x["grade"] for x in scored.json()["results"]] == want
+        for stream in (False, True):
+            explained = client.post("/explain", json={"query": QUERY, "document": DOCS[0], "stream": stream})
+            assert explained.status_code == 501
+            assert "--backend torch" in explained.json()["detail"]
