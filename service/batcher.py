@@ -2,9 +2,12 @@
 
 A request submits its prompts as one job. The batcher collects jobs until `max_batch_pairs` pairs or
 `max_batch_tokens` padded tokens are reached or the oldest job has waited `max_wait_ms`, then runs them in a
-worker thread so the event loop keeps serving. Inside a batch, prompts are sorted by length and cut into
-forward passes that stay under the token budget (length bucketing: little padding). A job whose documents share
-one query prefix runs on the backend's prefix-reuse path.
+worker thread so the event loop keeps serving. The wait window is only kept under contention (the last batch
+held several jobs, or jobs arrived while it ran): an idle server runs a lone request at once, so batching costs
+nothing at concurrency 1 (the window had made it 0.90x of batching off, bench/results/default_student_service.md),
+and under load the jobs that queue during a pass fill the next one. Inside a batch, prompts are sorted by length
+and cut into forward passes that stay under the token budget (length bucketing: little padding). A job whose
+documents share one query prefix runs on the backend's prefix-reuse path.
 
 A pass that raises fails only the requests whose pairs caused it: the batch is rerun one job at a time, and each
 job gets its own result or its own error (a bad input in one request never costs the others their answer).
@@ -104,6 +107,7 @@ class Batcher:
         self._closing = False
         self._running: list[Job] = []  # the batch in the worker now (cut() ends it on shutdown)
         self._last_pass_s = 0.05
+        self._contended = False  # whether the last batch saw concurrent work: only then wait out max_wait_ms
 
     # ------------------------------------------------------------------------------------------------ public
 
@@ -191,7 +195,8 @@ class Batcher:
             self._wakeup.clear()
             await self._wakeup.wait()
         limits = self.limits
-        fill_until = self._jobs[0].enqueued + limits.max_wait_ms / 1000
+        window = limits.max_wait_ms / 1000 if self._contended else 0.0
+        fill_until = self._jobs[0].enqueued + window
         batch: list[Job] = []
         pairs = tokens = 0
         while True:
@@ -260,6 +265,7 @@ class Batcher:
                 self._busy = False
                 self._running = []
             elapsed = time.monotonic() - start
+            self._contended = len(live) > 1 or bool(self._jobs)
             for job, result in zip(live, results, strict=True):
                 job.inference_s = elapsed
                 if job.future.done():

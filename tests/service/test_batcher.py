@@ -91,3 +91,34 @@ def test_padding_efficiency_counters():
     real = metrics.registry.get_sample_value("afrl_real_tokens_total")
     padded = metrics.registry.get_sample_value("afrl_padded_tokens_total")
     assert (real, padded) == (15, 20) and real / padded == pytest.approx(0.75)
+
+
+def test_an_idle_server_runs_a_lone_request_at_once_and_keeps_the_window_under_contention():
+    """With a 1.5 s window: a single request on an idle batcher is not held for it; after a batch of several
+    jobs (contention) the window is kept, so a request 50 ms behind another joins its pass."""
+    import time
+
+    backend, metrics = ScriptedBackend(), Metrics()
+    limits = BatchLimits(max_batch_pairs=8, max_wait_ms=1500, prefix_reuse=False)
+
+    async def main():
+        batcher = Batcher(backend, limits, metrics)
+        batcher.start()
+        try:
+            start = time.monotonic()
+            await batcher.submit([_prompt(1, 3)], timeout_s=10)
+            lone_s = time.monotonic() - start
+            await asyncio.gather(*(batcher.submit([_prompt(2, 3)], timeout_s=10) for _ in range(2)))  # contention
+
+            async def late():
+                await asyncio.sleep(0.05)
+                return await batcher.submit([_prompt(4, 4)], timeout_s=10)
+
+            await asyncio.gather(batcher.submit([_prompt(3, 4)], timeout_s=10), late())
+            return lone_s
+        finally:
+            await batcher.close(1.0)
+
+    lone_s = asyncio.run(main())
+    assert lone_s < 0.75  # not held for the 1.5 s window
+    assert backend.passes == [[3], [3, 3], [4, 4]]  # the late request joined the pass of the one before it
