@@ -205,13 +205,24 @@ def service_section(item: dict[str, Any]) -> str:
                 ]
             )
     inproc = item["modes"]["batching_off"]["in_process_c1"]["median_s"] * 1000
+    padding = [
+        f"{mode.replace('_', ' ')} {fmt(e['padding_efficiency'])}"
+        for mode, e in item["modes"].items()
+        if e.get("padding_efficiency") is not None
+    ]
+    padding_line = (
+        "\n\nPadding efficiency (real / padded prompt tokens over every pass the server ran, from its "
+        f"`afrl_real_tokens_total` and `afrl_padded_tokens_total`): {', '.join(padding)}."
+        if padding
+        else ""
+    )
     return (
         f"`afrl serve` in its own process ({item['served_backend']} backend, scorer `{item.get('served_scorer')}`), "
         f"{item['request']}, {fmt(item['seconds_per_level'])} s per level, httpx clients in the benchmark process. "
         "Batching off = `max_batch_pairs` 1; on = the defaults (32 pairs, 5 ms window).\n\n"
         + table(["batching", "concurrency", "requests/s", "p50 ms", "p99 ms", "requests", "errors"], rows)
         + f"\n\nHTTP overhead at concurrency 1: p50 over HTTP minus the in-process backend call ({fmt(inproc)} ms, "
-        f"prompt building + scoring) = **{fmt(item['http_overhead_ms_c1'])} ms**."
+        f"prompt building + scoring) = **{fmt(item['http_overhead_ms_c1'])} ms**." + padding_line
     )
 
 

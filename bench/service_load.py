@@ -145,6 +145,20 @@ def request_bodies(builder: Any, tokenizer: Any, n: int, prompt_tokens: int) -> 
     return bodies
 
 
+def padding_efficiency(url: str) -> float | None:
+    """Real over padded prompt tokens of every forward pass the server ran (warm-up and load), from its own
+    counters on /metrics (`afrl_real_tokens_total`, `afrl_padded_tokens_total`); None when it ran none."""
+    import httpx
+
+    values: dict[str, float] = {}
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("afrl_real_tokens_total", "afrl_padded_tokens_total"):
+            values[name] = float(value)
+    padded = values.get("afrl_padded_tokens_total", 0.0)
+    return round(values["afrl_real_tokens_total"] / padded, 4) if padded else None
+
+
 def in_process_ms(backend: Any, body: dict[str, Any], cfg: BenchConfig) -> dict[str, Any]:
     pair = (body["pairs"][0]["query"], body["pairs"][0]["document"])
     t = measure(lambda: backend.grade_logits(backend.builder.build_many([pair])), cfg.warmup + 2, max(cfg.repeats, 7))
@@ -173,6 +187,7 @@ def bench_service(
             if mode == "batching_off":
                 entry["in_process_c1"] = in_process_ms(in_process, bodies[0], cfg)
             entry["peak_rss_mb"] = vm_hwm_mb(server.proc.pid)
+            entry["padding_efficiency"] = padding_efficiency(server.url)
             modes[mode] = entry
         finally:
             server.stop()

@@ -59,12 +59,15 @@ def test_quick_bench_writes_every_key_and_the_markdown(tmp_path: Path) -> None:
     service = data["items"]["service"]
     assert [lv["concurrency"] for lv in service["modes"]["batching_on"]["levels"]] == [1, 8, 32]
     assert all(lv["errors"] == 0 and lv["requests"] > 0 for mode in service["modes"].values() for lv in mode["levels"])
+    assert service["modes"]["batching_off"]["padding_efficiency"] == 1.0  # one pair per pass: never padded
+    assert 0.0 < service["modes"]["batching_on"]["padding_efficiency"] <= 1.0
     assert data["items"]["prefix"]["reuse_vs_plain"]["max_abs_prob_diff"] < 1e-3
 
     text = md.read_text()
     for key in HEADLINES:
         assert f"`{key}`" in text
     assert m["cpu_model"] in text and "--quick" in text and "**Not run.**" in text
+    assert "Padding efficiency (real / padded prompt tokens" in text and "batching off 1" in text
 
 
 def _results() -> dict:
