@@ -55,6 +55,13 @@ class ExplanationConstraint:
         self.state = "before"  # "before" the quote opens, "inside" it, "after" it closed, "done" after the verdict
         self.matches: list[int] = []  # passage positions of the last quoted token (every span still possible)
         self.quoted = 0
+        self._decoded: tuple[int, str] = (0, "")  # (len(tokens), their text): one decode per emitted token
+
+    def _text(self) -> str:
+        """The text of the tokens so far, decoded once per new token (allowed and advance both read it)."""
+        if self._decoded[0] != len(self.tokens):
+            self._decoded = (len(self.tokens), self.tokenizer.decode(self.tokens, skip_special_tokens=True))
+        return self._decoded[1]
 
     @classmethod
     def for_prompt(cls, tokenizer: Any, prompt: Prompt, max_quote_tokens: int = 32) -> ExplanationConstraint | None:
@@ -77,7 +84,7 @@ class ExplanationConstraint:
         """Token ids the next token may be, or None when it is free."""
         if self.state == "done":
             return [self.end_id] if self.end_id is not None else None
-        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True) if self.state != "inside" else ""
+        text = self._text() if self.state != "inside" else ""
         if self.state == "before" and _OPENS.search(text):
             self.state = "inside"
         if self.state != "inside":
@@ -96,7 +103,7 @@ class ExplanationConstraint:
 
     def advance(self, token: int) -> None:
         """Record the token that was emitted (picked here or forced by the caller, e.g. the grade)."""
-        if self.state != "inside" and self.tokens and _VERDICT.search(self.tokenizer.decode(self.tokens)):
+        if self.state != "inside" and self.tokens and _VERDICT.search(self._text()):
             self.state = "done"
         if self.state == "inside":
             if token == self.close_id:

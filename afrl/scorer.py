@@ -73,6 +73,11 @@ def grade_logits(
     return grade_logits_from_hidden(model, last_hidden(model, input_ids, attention_mask), grade_ids).float()
 
 
+def position_limit(model: Any) -> int | None:
+    """How many positions the model embeds (`max_position_embeddings`), or None when its config does not say."""
+    return getattr(getattr(model, "config", None), "max_position_embeddings", None)
+
+
 @dataclass
 class TorchScorer:
     """Scores (query, document) pairs with a causal LM under the AFRL contract."""
@@ -93,7 +98,7 @@ class TorchScorer:
     def _check_positions(self) -> None:
         """Refuse token budgets whose longest prompt exceeds the model's positions (a BERT prefix LM has 512):
         such a prompt would fail deep inside the model, on the first long document of some request."""
-        limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        limit = position_limit(self.model)
         b = self.builder
         longest = b.max_prompt_tokens()
         if limit is not None and longest > limit:
@@ -143,7 +148,7 @@ def fitted_default_builder(model: Any, tokenizer: Any) -> PromptBuilder:
     longest prompt would not fit the model's positions (a BERT prefix-LM base: 512 positions, and the default
     74-token template + 64 + 384 is 522). A trained model's manifest budgets are never changed, only checked."""
     builder = PromptBuilder(tokenizer)
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    limit = position_limit(model)
     if limit is None:
         return builder
     over = builder.max_prompt_tokens() - limit

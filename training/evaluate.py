@@ -9,8 +9,7 @@ equally good). Classification metrics use the judged pairs; the predicted grade 
 distribution, and its probability is the confidence that ECE calibrates. Explanation consistency is measured
 on a small seeded sample generated greedily by the torch model and checked by `afrl.contract.parse_completion`:
 `consistency` as /explain decodes it (`afrl.explanation_constraint`: Evidence quoted from the passage, Verdict
-= the first token),
-`consistency_free` without the constraint (what the model writes on its own).
+= the first token), `consistency_free` without the constraint (what the model writes on its own).
 
 Library entry points (the RL study calls these): `evaluate_records`, `evaluate_trec`, `write_report`.
 The command line is `afrl eval` (training/eval_cli.py).
