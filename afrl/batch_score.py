@@ -10,14 +10,17 @@ an output row with its `error`, never a stop. Rows are cut into fixed shards of 
 every run cuts an input the same way.
 
 Output, under DIR: `part-NNNNN.parquet`, one row per input row (`row`, `id`, `grade`, `score`, `probabilities`,
-`explanation`, `model_sha256`, `error`), and `_batch_score.json`, what the shards were computed from. A shard is
+`explanation`, `explanation_stopped` (eos, length, or the explanation constraint's end), `model_sha256`, `error`),
+and `_batch_score.json`, what the shards were computed from. A shard is
 written to a hidden temporary file and renamed, so a shard file exists only when complete; a rerun skips it, and
 one whose input, model, shard size or settings differ is refused. Readers of DIR (`pandas.read_parquet(DIR)`,
 pyarrow datasets) skip the `_` and `.` files.
 
 Scoring is `afrl.Reranker`, i.e. the service's prompt building, batcher and grade math (a score here is what
 POST /score gives), run by `score_shard`, the one function both engines call: a shard scored in process and one
-scored by a Ray actor go through the same passes, so the two engines' outputs are interchangeable.
+scored by a Ray actor go through the same passes, so the two engines' outputs are interchangeable. The
+distillation teacher pass (training/teacher_pass.py) is a batch-score run too, so a big teacher's pass scales out
+on Ray the same way.
 
 Why the driver reads the input rather than `ray.data.read_json`: Ray's readers fail a whole read task on one bad
 line and give no global row order, and both are needed for error rows and for shards that a rerun recognises.
@@ -42,7 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RUN_FILE = "_batch_score.json"
-RUN_VERSION = 1
+RUN_VERSION = 2  # 2: the explanation_stopped column, instruction and document budget options
 # What a rerun must share with the run that wrote the shards; batch size and threads only change float rounding.
 RESUME_KEYS = (
     "version",
@@ -54,6 +57,8 @@ RESUME_KEYS = (
     "backend",
     "dtype",
     "explain",
+    "instruction_sha256",
+    "max_document_tokens",
 )
 Engine = Literal["local", "ray"]
 
@@ -79,11 +84,17 @@ class ScoreOptions:
     threads: int | None = None
     batch_size: int = 32
     explain: bool = False
+    instruction: str | None = None  # instead of the model's own (as /rerank's `instruction`)
+    max_document_tokens: int | None = None  # a lower document budget (as /rerank's `max_tokens_per_doc`)
     settings: dict[str, Any] = field(default_factory=dict)  # any other service setting (max_new_tokens, ...)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.max_document_tokens is not None and self.max_document_tokens < 1:
+            raise ValueError(f"max_document_tokens must be at least 1, got {self.max_document_tokens}")
+        if self.instruction is not None and not self.instruction.strip():
+            raise ValueError("instruction is empty: leave it unset to use the model's own")
 
 
 @dataclass
@@ -235,10 +246,10 @@ def score_shard(
     valid = [r for r in rows if r.error is None]
     for start in range(0, len(valid), opts.batch_size):
         chunk = valid[start : start + opts.batch_size]
-        for r, (result, error) in zip(chunk, _score_chunk(reranker, chunk), strict=True):
+        for r, (result, error) in zip(chunk, _score_chunk(reranker, chunk, opts), strict=True):
             out[r.row] = _result(r, result, error)
             if opts.explain and result is not None:
-                out[r.row]["explanation"], out[r.row]["error"] = _explain(reranker, r)
+                out[r.row].update(_explain(reranker, r, opts))
         if on_progress:
             on_progress(len(chunk))
     records = [{**out[r.row], "model_sha256": model_sha256} for r in rows]
@@ -247,22 +258,31 @@ def score_shard(
     return pa.Table.from_pylist(records, schema=result_schema(kind))
 
 
-def _score_chunk(reranker: Reranker, chunk: Sequence[Row]) -> list[tuple[Any, str | None]]:
+def _score_chunk(reranker: Reranker, chunk: Sequence[Row], opts: ScoreOptions) -> list[tuple[Any, str | None]]:
     pairs = [(r.query or "", r.document or "") for r in chunk]
     try:
-        return [(result, None) for result in reranker.predict_grades(pairs)]
+        results = reranker.predict_grades(
+            pairs, instruction=opts.instruction, max_document_tokens=opts.max_document_tokens
+        )
+        return [(result, None) for result in results]
     except Exception as e:  # a row-level failure is that row's error, never the run's
         if len(pairs) == 1:
             return [(None, f"scoring failed: {type(e).__name__}: {e}")]
-    return [_score_chunk(reranker, [r])[0] for r in chunk]
+    return [_score_chunk(reranker, [r], opts)[0] for r in chunk]
 
 
-def _explain(reranker: Reranker, r: Row) -> tuple[str | None, str | None]:
+def _explain(reranker: Reranker, r: Row, opts: ScoreOptions) -> dict[str, str | None]:
+    """The row's `explanation`, `explanation_stopped` and `error` columns."""
     try:
-        with reranker.explain(r.query or "", r.document or "") as explanation:
-            return "".join(explanation), None
+        with reranker.explain(
+            r.query or "", r.document or "", instruction=opts.instruction, max_document_tokens=opts.max_document_tokens
+        ) as explanation:
+            text = "".join(explanation)
+            stopped = explanation.result["stopped"] if explanation.result else None
+            return {"explanation": text, "explanation_stopped": stopped, "error": None}
     except Exception as e:
-        return None, f"explanation failed: {type(e).__name__}: {e}"
+        why = f"explanation failed: {type(e).__name__}: {e}"
+        return {"explanation": None, "explanation_stopped": None, "error": why}
 
 
 def _result(r: Row, result: Any, error: str | None = None) -> dict[str, Any]:
@@ -273,6 +293,7 @@ def _result(r: Row, result: Any, error: str | None = None) -> dict[str, Any]:
         "score": None if result is None else result.score,
         "probabilities": None if result is None else list(result.probabilities),
         "explanation": None,
+        "explanation_stopped": None,
         "error": r.error if r.error is not None else error,
     }
 
@@ -288,6 +309,7 @@ def result_schema(kind: Literal["int", "string"]) -> pa.Schema:
             ("score", pa.float64()),
             ("probabilities", pa.list_(pa.float64())),
             ("explanation", pa.string()),
+            ("explanation_stopped", pa.string()),
             ("model_sha256", pa.string()),
             ("error", pa.string()),
         ]
@@ -322,6 +344,7 @@ def batch_score(
 ) -> Summary:
     """Score every pending shard of `input_path` into `output` and count the whole output (skipped shards too).
     `ray_options` go to `afrl.batch_ray.run_ray` (address, actors, cpus_per_actor, gpus_per_actor)."""
+    from afrl.contract import sha256_text
     from afrl.manifest import model_fingerprint, sha256_file
     from afrl.models import resolve
 
@@ -350,6 +373,8 @@ def batch_score(
         "backend": opts.backend,
         "dtype": opts.dtype,
         "explain": opts.explain,
+        "instruction_sha256": None if opts.instruction is None else sha256_text(opts.instruction),
+        "max_document_tokens": opts.max_document_tokens,
         "settings": opts.settings,
     }
     _claim(output, run)

@@ -25,6 +25,15 @@ def register(sub: Any) -> None:
     p.add_argument("--shard-size", type=int, default=1000, help="rows per output shard (the unit of resumption)")
     p.add_argument("--explain", action="store_true", help="also generate each row's explanation (slow)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="explanation length limit (service default 160)")
+    p.add_argument(
+        "--instruction-file", default=None, help="a text file whose instruction replaces the model's own (as /rerank's)"
+    )
+    p.add_argument(
+        "--max-document-tokens",
+        type=int,
+        default=None,
+        help="a lower document budget (as /rerank's max_tokens_per_doc)",
+    )
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="onnx needs an `afrl export` folder")
     p.add_argument(
         "--dtype", choices=["auto", "bf16", "fp32"], default="auto", help="torch weights (auto: bf16 if fast)"
@@ -58,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         batch_size=args.batch_size,
         explain=args.explain,
+        instruction=_instruction(args.instruction_file),
+        max_document_tokens=args.max_document_tokens,
         settings={} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens},
     )
     ray_options = {
@@ -79,3 +90,13 @@ def run(args: argparse.Namespace) -> int:
     print(summary.line())
     # Bad rows are reported, not fatal: only a run in which no row could be scored fails.
     return 0 if summary.scored else 1
+
+
+def _instruction(path: str | None) -> str | None:
+    if path is None:
+        return None
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise SystemExit(f"--instruction-file {path}: no such file")
+    return Path(path).read_text(encoding="utf-8").strip()

@@ -100,9 +100,11 @@ class Reranker:
         pairs: Sequence[Sequence[str]],
         show_progress_bar: bool | None = None,
         instruction: str | None = None,
+        max_document_tokens: int | None = None,
     ) -> list[GradeResult]:
-        """`predict` with the whole result per pair: `grade`, `score` and the grade `probabilities`."""
-        return self._score(pairs, instruction, show_progress_bar)
+        """`predict` with the whole result per pair: `grade`, `score` and the grade `probabilities`.
+        `max_document_tokens` lowers the model's document budget (as /rerank's `max_tokens_per_doc`)."""
+        return self._score(pairs, instruction, show_progress_bar, max_document_tokens)
 
     def rank(
         self,
@@ -129,7 +131,12 @@ class Reranker:
         return hits
 
     def explain(
-        self, query: str, document: str, max_new_tokens: int | None = None, instruction: str | None = None
+        self,
+        query: str,
+        document: str,
+        max_new_tokens: int | None = None,
+        instruction: str | None = None,
+        max_document_tokens: int | None = None,
     ) -> Explanation:
         """The explanation of one pair as an iterator of text chunks (what the model writes after the grade);
         its `grade`, `score` and `probabilities` are there before the first chunk, its parsed `result` after
@@ -137,7 +144,7 @@ class Reranker:
         _check_text("query", query)
         _check_text("document", document)
         services = self._services
-        prompt = self._run(services.scoring.build([(query, document)], instruction))[0]
+        prompt = self._run(services.scoring.build([(query, document)], instruction, max_document_tokens))[0]
         services.explainer.admit()
         limit = min(max_new_tokens or self.settings.max_new_tokens, self.settings.max_new_tokens)
         events = services.explainer.events(prompt, document, limit, time.monotonic())
@@ -167,7 +174,13 @@ class Reranker:
             raise RuntimeError("this Reranker is closed; create a new one")
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
-    def _score(self, pairs: Sequence[Sequence[str]], instruction: str | None, show: bool | None) -> list[GradeResult]:
+    def _score(
+        self,
+        pairs: Sequence[Sequence[str]],
+        instruction: str | None,
+        show: bool | None,
+        max_document_tokens: int | None = None,
+    ) -> list[GradeResult]:
         """GradeResults through ScoringService.score, one job per `batch_size` pairs (a progress step each)."""
         from tqdm.auto import tqdm
 
@@ -184,7 +197,9 @@ class Reranker:
             for start in range(0, len(checked), self.batch_size):
                 chunk = checked[start : start + self.batch_size]
                 shared = len({q for q, _ in chunk}) == 1  # one query: its prefix is computed once, as in /rerank
-                scored = self._run(self._services.scoring.score(chunk, instruction, shared_query=shared))
+                scored = self._run(
+                    self._services.scoring.score(chunk, instruction, shared, max_document_tokens=max_document_tokens)
+                )
                 results.extend(scored.results)
                 bar.update(len(chunk))
         finally:

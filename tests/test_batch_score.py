@@ -80,6 +80,44 @@ def test_explanations_are_the_rerankers(tmp_path, tiny_dir, opts):
         expected = ["".join(reranker.explain(r["query"], r["document"])) for r in rows]
     assert out["explanation"].tolist() == expected and all(expected)
     assert out["error"].isna().all()
+    assert out["explanation_stopped"].tolist() == ["length"] * 3  # 6 tokens cut a random model's explanation
+
+
+def test_an_instruction_and_a_lower_document_budget_score_as_the_reranker_does(tmp_path, tiny_dir, opts):
+    rows = pairs(8)
+    (tmp_path / "instruction.txt").write_text("Grade how well the document answers the query.\n")
+    args = ["--model", str(tiny_dir), "--input", str(write_jsonl(tmp_path / "in.jsonl", rows)), "--dtype", "fp32"]
+    args += [
+        "--threads",
+        "1",
+        "--batch-size",
+        "4",
+        "--no-progress",
+        "--instruction-file",
+        str(tmp_path / "instruction.txt"),
+    ]
+    assert main(["batch-score", *args, "--output", str(tmp_path / "out"), "--max-document-tokens", "3"]) == 0
+    out = read_output(tmp_path / "out")
+    with Reranker(str(tiny_dir), threads=1, dtype="fp32", batch_size=4) as reranker:
+        texts = [(r["query"], r["document"]) for r in rows]
+        kept = reranker.predict_grades(
+            texts, instruction="Grade how well the document answers the query.", max_document_tokens=3
+        )
+        plain = reranker.predict_grades(texts)
+    assert out["score"].tolist() == [e.score for e in kept]
+    assert out["score"].tolist() != [e.score for e in plain]  # the options reached the prompts
+    run = json.loads((tmp_path / "out" / RUN_FILE).read_text())
+    assert run["max_document_tokens"] == 3 and run["instruction_sha256"]
+    with pytest.raises(ValueError, match="max_document_tokens: 3 then, 4 now"):
+        batch_score(
+            tmp_path / "in.jsonl",
+            tmp_path / "out",
+            dataclasses.replace(
+                opts, instruction="Grade how well the document answers the query.", max_document_tokens=4
+            ),
+        )
+    with pytest.raises(ValueError, match="instruction is empty"):
+        ScoreOptions(instruction="  ")
 
 
 def test_rerun_skips_finished_shards_and_refuses_another_run(tmp_path, opts, monkeypatch):

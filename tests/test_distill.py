@@ -177,8 +177,10 @@ def test_distill_moves_the_student_to_the_teacher_and_reloads_exactly(tmp_path, 
     if trec_dir is not None:
         assert len(report["trec_queries"]) == 1 and 0.0 <= report["student_ndcg@10"] <= 1.0
 
-    # A rerun with the same teacher and settings never asks the teacher for an explanation again.
-    monkeypatch.setattr(distill, "teacher_explanations", lambda *a, **k: pytest.fail("teacher called again"))
+    # A rerun with the same teacher and settings never loads the teacher again (its pass is a batch-score run).
+    import afrl.batch_score
+
+    monkeypatch.setattr(afrl.batch_score, "load_reranker", lambda *a, **k: pytest.fail("teacher called again"))
     train_distill(make_config(tmp_path, teacher_dir, "--max_steps", "1", "--cache_dir", str(cache)))
 
     # Shipping: `default` then resolves to the student, whose manifest verifies in its new place.

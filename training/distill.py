@@ -1,8 +1,9 @@
 """Distillation: a small student learns the teacher's grade distribution and its explanations.
 
-Method (DESIGN.md 5.5): the teacher scores every training pair once (its K+1 grade logits at the first token) and
-writes an explanation greedily after its own top grade; both go to a JSONL cache keyed by the teacher's manifest
-hash, the prompt settings and the record id, so a rerun (or a second student) never calls the teacher again. The
+Method (DESIGN.md 5.5): the teacher scores every training pair once (its K+1 grade log-probabilities at the first
+token) and writes an explanation after its own top grade; both go to a JSONL cache keyed by the teacher's manifest
+hash, the prompt settings and the record id, so a rerun (or a second student) never calls the teacher again. That
+pass is an `afrl batch-score` run (training/teacher_pass.py), in process or on a Ray cluster (`teacher_engine`). The
 student trains on `training.distill_loss.distill_loss`:
 
     L = alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) at the first token + (1 - alpha) * NLL(teacher explanation)
@@ -34,20 +35,21 @@ import re
 import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from afrl.contract import DEFAULT_INSTRUCTION, GradeScale, Prompt, PromptBuilder, sha256_text
+from afrl.contract import DEFAULT_INSTRUCTION, GradeScale, Prompt, PromptBuilder
 from afrl.manifest import MANIFEST_NAME, Manifest, load_verified, model_fingerprint
 from afrl.scorer import TorchScorer, pad_batch
 from training.config import AfrlSFTConfig
 from training.data import Record
 from training.distill_loss import distill_loss
 from training.sft import jsonable_config, logged_train_loss
+from training.teacher_pass import teacher_cache
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +77,18 @@ class AfrlDistillConfig(AfrlSFTConfig):
         default=None, metadata={"help": "teacher cache folder (default: teacher_cache beside output_dir)"}
     )
     explanation_max_tokens: int = field(default=64, metadata={"help": "max tokens of a teacher explanation"})
-    teacher_batch_size: int = field(default=8, metadata={"help": "pairs per teacher forward / generate batch"})
+    teacher_batch_size: int = field(default=8, metadata={"help": "pairs per teacher forward pass"})
     teacher_dtype: str = field(
-        default="auto", metadata={"help": "teacher weights: auto (bf16 on a GPU that has it, else fp32), float32, ..."}
+        default="auto",
+        metadata={"help": "teacher weights: auto (the service's choice: bf16 where it is fast), float32 or bfloat16"},
+    )
+    # The teacher pass is an `afrl batch-score` run (training.teacher_pass): in process, or on Ray Data.
+    teacher_engine: str = field(default="local", metadata={"help": "teacher pass engine: local or ray"})
+    teacher_ray_address: str | None = field(
+        default=None, metadata={"help": "Ray cluster of the teacher pass (default: RAY_ADDRESS, else a local Ray)"}
+    )
+    teacher_shard_size: int = field(
+        default=256, metadata={"help": "records per teacher-pass shard (the unit a killed pass resumes from)"}
     )
     cache_only: bool = field(default=False, metadata={"help": "write the teacher cache and stop (a separate job)"})
     report_records: int = field(default=0, metadata={"help": "dev pairs for the teacher-vs-student report (0: none)"})
@@ -114,8 +125,12 @@ class AfrlDistillConfig(AfrlSFTConfig):
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.teacher_dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(f"teacher_dtype {self.teacher_dtype!r}: use auto, float32, bfloat16 or float16")
+        if self.teacher_dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"teacher_dtype {self.teacher_dtype!r}: use auto, float32 or bfloat16")
+        if self.teacher_engine not in ("local", "ray"):
+            raise ValueError(f"teacher_engine {self.teacher_engine!r}: use local or ray")
+        if self.teacher_shard_size < 1:
+            raise ValueError(f"teacher_shard_size must be at least 1, got {self.teacher_shard_size}")
         if self.explanation_max_tokens < 1:
             raise ValueError("explanation_max_tokens must be >= 1")
         if self.freeze_embeddings and self.lora_r:
@@ -146,105 +161,6 @@ def read_instruction_for(config: AfrlDistillConfig, teacher_path: Path) -> str:
     if (teacher_path / MANIFEST_NAME).is_file():
         return Manifest.read(teacher_path).instruction
     return DEFAULT_INSTRUCTION
-
-
-def cache_key(teacher_hash: str, builder: PromptBuilder, config: AfrlDistillConfig) -> str:
-    settings = {
-        "teacher": teacher_hash,
-        "instruction": sha256_text(builder.instruction),
-        "budgets": [builder.max_query_tokens, builder.max_document_tokens],
-        "explanations": config.explanations,
-        "explanation_max_tokens": config.explanation_max_tokens,
-    }
-    return sha256_text(json.dumps(settings, sort_keys=True))[:16]
-
-
-@torch.inference_mode()
-def teacher_explanations(
-    scorer: TorchScorer, prompts: Sequence[Prompt], grades: Sequence[int], max_new_tokens: int
-) -> list[tuple[list[int], bool]]:
-    """Greedy continuations after each prompt + the teacher's top grade token: (ids without eos, finished)."""
-    tok = scorer.tokenizer
-    eos = int(tok.eos_token_id)
-    seqs = [[*p.input_ids, scorer.grade_ids[g]] for p, g in zip(prompts, grades, strict=True)]
-    ids, mask = pad_batch(seqs, scorer.pad_id, side="left")  # left: new tokens follow every row's last token
-    device = next(scorer.model.parameters()).device
-    out = scorer.model.generate(
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        pad_token_id=scorer.pad_id,
-        eos_token_id=eos,
-    )
-    results = []
-    for row in out[:, ids.shape[1] :].cpu().tolist():
-        finished = eos in row
-        results.append((row[: row.index(eos)] if finished else row, finished))
-    return results
-
-
-def teacher_cache(
-    records: Sequence[Record],
-    config: AfrlDistillConfig,
-    builder: PromptBuilder,
-    teacher_hash: str,
-    load_teacher: Callable[[], TorchScorer],
-) -> dict[str, dict[str, Any]]:
-    """Teacher grade logits and explanations per record id, computed once and appended to a JSONL cache.
-
-    One JSON line per record: `{"id", "grade_logits": [K+1 floats], "grade", "explanation_ids", "explanation",
-    "finished"}`. The teacher is loaded only when some record is missing. Log-probabilities of the grade tokens
-    (from vLLM, say) are valid `grade_logits` too: the KL only sees their softmax.
-    """
-    key = cache_key(teacher_hash, builder, config)
-    # Beside the output folder, not in it: the cache must not be hashed into (and shipped with) the student.
-    folder = (
-        Path(config.cache_dir) if config.cache_dir else Path(str(config.output_dir)).resolve().parent / "teacher_cache"
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"teacher-{key}.jsonl"
-    cache: dict[str, dict[str, Any]] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                entry = json.loads(line)
-                cache[entry["id"]] = entry
-    todo = [r for r in dict((r.id, r) for r in records).values() if r.id not in cache]
-    log.info("teacher cache %s: %d cached, %d to compute", path, len(cache), len(todo))
-    if not todo:
-        return cache
-    if config.world_size > 1:  # every rank would load the teacher and append to the same file
-        raise RuntimeError(
-            f"the teacher cache misses {len(todo)} records; write it first in one process "
-            "(the same command with --cache_only true, without accelerate launch), then launch the student"
-        )
-    scorer = load_teacher()
-    step = config.teacher_batch_size
-    with path.open("a", encoding="utf-8") as f:
-        for start in range(0, len(todo), step):
-            batch = todo[start : start + step]
-            prompts = builder.build_many([(r.query, r.document) for r in batch])
-            logits = scorer.logits_for_prompts(prompts)
-            grades = logits.argmax(-1).tolist()
-            if config.explanations:
-                texts = teacher_explanations(scorer, prompts, grades, config.explanation_max_tokens)
-            else:
-                texts = [([], True)] * len(batch)
-            for r, row, g, (ids, finished) in zip(batch, logits.tolist(), grades, texts, strict=True):
-                entry = {
-                    "id": r.id,
-                    "grade_logits": row,
-                    "grade": g,
-                    "explanation_ids": ids,
-                    "explanation": scorer.tokenizer.decode(ids),
-                    "finished": finished,
-                }
-                cache[r.id] = entry
-                f.write(json.dumps(entry) + "\n")
-            f.flush()  # an interrupted run keeps every finished batch
-            log.info("teacher: %d/%d", min(start + step, len(todo)), len(todo))
-    return cache
 
 
 # ---------------------------------------------------------------------------------------------------- student
@@ -451,19 +367,15 @@ def train_distill(config: AfrlDistillConfig) -> Path:
         max_document_tokens=config.max_document_tokens,
     )
     grade_ids = scale.token_ids(tokenizer)
-    teachers: list[TorchScorer] = []
 
-    def load_teacher() -> TorchScorer:  # only when the cache misses, or for the dev report
-        if not teachers:
-            dtype = _teacher_dtype(config.teacher_dtype)
-            model, _, _ = load_model(config.teacher, dtype=dtype)
-            model.to("cuda" if torch.cuda.is_available() else "cpu")
-            teachers.append(TorchScorer(model, tokenizer, builder, scale, batch_size=config.teacher_batch_size))
-        return teachers[0]
+    def load_teacher() -> TorchScorer:  # for the dev report, once the student is trained
+        model, _, _ = load_model(config.teacher, dtype=_teacher_dtype(config.teacher_dtype))
+        model.to("cuda" if torch.cuda.is_available() else "cpu")
+        return TorchScorer(model, tokenizer, builder, scale, batch_size=config.teacher_batch_size)
 
     teacher_hash = model_fingerprint(teacher_path)
     records = training_records(config)
-    cache = teacher_cache(records, config, builder, teacher_hash, load_teacher)
+    cache = teacher_cache(records, config, builder.instruction, teacher_hash, tokenizer)
     if config.cache_only:
         log.info("cache_only: the teacher cache is complete for %d records", len(records))
         return Path(str(config.output_dir))
@@ -473,7 +385,6 @@ def train_distill(config: AfrlDistillConfig) -> Path:
         if student_tok.get_vocab() != tokenizer.get_vocab():
             raise ValueError(f"student_model {config.student_model} does not share the teacher's tokenizer")
     keep_teacher = bool(config.report_records or config.report_trec_queries)
-    teachers.clear()  # free the teacher before the student trains
     student = build_student(config)
     student.model.train()
     if config.gradient_checkpointing and student.base_model is not None:
@@ -557,7 +468,7 @@ def _teacher_dtype(name: str) -> Any:
         from afrl.hardware import bf16_is_fast
 
         return torch.bfloat16 if torch.cuda.is_available() and bf16_is_fast() else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
 def reload_check(model: Any, out: Path, records: Sequence[Record], builder: PromptBuilder) -> float:
