@@ -33,10 +33,11 @@ HEADLINES: dict[str, tuple[str, str | None, float | None]] = {
     "best_backend_speedup_b32": ("backends", ">=", 3.0),
     "roofline_fraction": ("roofline", ">=", 0.4),
     "prefix_reuse_speedup": ("prefix", ">=", 1.5),
-    "batching_speedup_c32": ("service", None, None),
+    "batching_speedup_c32": ("service", ">=", 1.5),
     "http_overhead_ms_c1": ("service", None, None),
     "qwen3_0p6b_pairs_per_s": ("qwen3", None, None),
-    "server_rss_mb": ("service", "<=", 1500.0),
+    "server_rss_mb": ("service", "<=", 800.0),
+    "torch_server_rss_mb": ("service", "<=", 800.0),
     "default_speedup_vs_previous": ("models", ">=", 5.0),
     "rerank100_p50_s": ("rerank100", "<=", 2.0),
 }
@@ -170,7 +171,7 @@ def core_items(run: Run, cfg: BenchConfig, cache: Path) -> None:
         kind: Literal["torch", "onnx"] = "onnx" if on_onnx else "torch"
         dtype: Literal["bf16", "fp32"] = "bf16" if best == "torch-bf16" else "fp32"
         in_process = load_backend(Settings(model=model, backend=kind, threads=cfg.threads, dtype=dtype))
-        return service_load.bench_service(cfg, model, kind, dtype, in_process, cache)
+        return service_load.bench_service(cfg, model, kind, dtype, in_process, cache, torch_model=cfg.model)
 
     run.item("service", service)
 

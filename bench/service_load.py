@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -166,29 +167,31 @@ def in_process_ms(backend: Any, body: dict[str, Any], cfg: BenchConfig) -> dict[
 
 
 def bench_service(
-    cfg: BenchConfig, serve_model: str, serve_backend: str, dtype: str, in_process: Any, workdir: Path
-) -> dict[str, Any]:
-    """Items 5 and 7: returns the per-mode load results, the batching speed-up, the HTTP overhead, the peak RSS."""
+    cfg: BenchConfig, serve_model: str, serve_backend: str, dtype: str, in_process: Any, workdir: Path,
+    torch_model: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Items 5 and 7: returns the per-mode load results, the batching speed-up, the HTTP overhead, the peak RSS.
+    `torch_model`: when the served backend is not torch, that model is also served on the torch backend (its own
+    dtype choice, batching on, the top concurrency only) for the torch server's peak RSS."""
     bodies = request_bodies(in_process.builder, in_process.tokenizer, 64, cfg.service_prompt_tokens)
     modes: dict[str, Any] = {}
     for mode, max_batch in (("batching_on", 32), ("batching_off", 1)):
         server = Server(serve_model, serve_backend, dtype, cfg.threads, max_batch, workdir / f"server-{mode}.log")
         try:
-            started = time.perf_counter()
-            server.wait_ready()
-            ready_s = time.perf_counter() - started
-            log.info("bench: server (%s, %s) ready in %.1f s at %s", serve_backend, mode, ready_s, server.url)
-            asyncio.run(_load(server.url, bodies, 4, min(2.0, cfg.service_seconds)))  # warm-up
-            levels = [asyncio.run(_load(server.url, bodies, c, cfg.service_seconds)) for c in cfg.service_concurrency]
-            for row in levels:
-                log.info("bench: %s c=%d: %.1f req/s, p50 %.0f ms, p99 %.0f ms", mode, row["concurrency"],
-                         row["throughput_rps"], row["p50_ms"], row["p99_ms"])  # fmt: skip
-            entry: dict[str, Any] = {"max_batch_pairs": max_batch, "ready_s": round(ready_s, 1), "levels": levels}
+            entry = _serve_levels(server, bodies, cfg, cfg.service_concurrency, f"{serve_backend}, {mode}")
+            entry["max_batch_pairs"] = max_batch
             if mode == "batching_off":
                 entry["in_process_c1"] = in_process_ms(in_process, bodies[0], cfg)
-            entry["peak_rss_mb"] = vm_hwm_mb(server.proc.pid)
             entry["padding_efficiency"] = padding_efficiency(server.url)
             modes[mode] = entry
+        finally:
+            server.stop()
+    torch_server = None
+    if torch_model is not None and serve_backend != "torch":
+        server = Server(torch_model, "torch", "auto", cfg.threads, 32, workdir / "server-torch.log")
+        try:
+            torch_server = _serve_levels(server, bodies, cfg, [max(cfg.service_concurrency)], "torch, batching_on")
+            torch_server["dtype"] = "auto"
         finally:
             server.stop()
     top = max(cfg.service_concurrency)
@@ -209,7 +212,27 @@ def bench_service(
         "batching_speedup_c32": ratio(rps("batching_on", top), rps("batching_off", top)),
         "http_overhead_ms_c1": round(http_ms, 2),
         "server_rss_mb": modes["batching_on"]["peak_rss_mb"],
+        "torch_server": torch_server,
+        "torch_server_rss_mb": (torch_server or modes["batching_on"])["peak_rss_mb"]
+        if torch_server is not None or serve_backend == "torch"
+        else None,
     }
+
+
+def _serve_levels(
+    server: Server, bodies: list[dict[str, Any]], cfg: BenchConfig, concurrency: Sequence[int], label: str
+) -> dict[str, Any]:
+    """Wait for `server`, warm it up, load it at each concurrency level; its levels, start time and peak RSS."""
+    started = time.perf_counter()
+    server.wait_ready()
+    ready_s = time.perf_counter() - started
+    log.info("bench: server (%s) ready in %.1f s at %s", label, ready_s, server.url)
+    asyncio.run(_load(server.url, bodies, 4, min(2.0, cfg.service_seconds)))  # warm-up
+    levels = [asyncio.run(_load(server.url, bodies, c, cfg.service_seconds)) for c in concurrency]
+    for row in levels:
+        log.info("bench: %s c=%d: %.1f req/s, p50 %.0f ms, p99 %.0f ms", label, row["concurrency"],
+                 row["throughput_rps"], row["p50_ms"], row["p99_ms"])  # fmt: skip
+    return {"ready_s": round(ready_s, 1), "levels": levels, "peak_rss_mb": vm_hwm_mb(server.proc.pid)}
 
 
 def _scorer_name(backend: Any, dtype: str) -> str:

@@ -18,6 +18,9 @@ def load_backend(settings: Settings) -> Backend:
         from service.backends.onnx_backend import OnnxBackend
 
         return OnnxBackend.from_dir(settings.model, providers=settings.onnx_providers, threads=settings.threads)
+    from afrl.lean_imports import skip_unused_transformers_extras
+
+    skip_unused_transformers_extras()  # before the model's modules load: ~100 MB of RSS (afrl/lean_imports.py)
     from service.backends.torch_backend import TorchBackend
 
     return TorchBackend.from_spec(settings.model, dtype=settings.dtype, threads=settings.threads)
