@@ -22,6 +22,7 @@ LABELS = {
     "qwen3_0p6b_pairs_per_s": "6. Qwen3-0.6B architecture, pairs/s",
     "server_rss_mb": "7. Server peak RSS (MB), the served backend",
     "torch_server_rss_mb": "7. Server peak RSS (MB), torch backend",
+    "onnx_server_rss_mb": "7. Server peak RSS (MB), onnx backend",
     "default_speedup_vs_previous": "8. Default model over the previous default (pairs/s)",
     "rerank100_p50_s": "9. /rerank of 100 documents over HTTP, p50 (s)",
 }
@@ -244,21 +245,18 @@ def memory_section(item: dict[str, Any]) -> str:
     rows = [
         [f"{item['served_backend']}, {m.replace('_', ' ')}", e.get("peak_rss_mb")] for m, e in item["modes"].items()
     ]
-    torch_server = item.get("torch_server")
-    if torch_server:
-        rps = torch_server["levels"][-1]["throughput_rps"]
-        rows.append(
-            [
-                f"torch (dtype auto), batching on, c={item['top_concurrency']} only ({rps} req/s)",
-                torch_server["peak_rss_mb"],
-            ]
+    other = item.get("other_server")
+    if other:
+        rps = other["levels"][-1]["throughput_rps"]
+        label = (
+            f"{other['backend']} (dtype {other['dtype']}), batching on, c={item['top_concurrency']} only ({rps} req/s)"
         )
+        rows.append([label, other["peak_rss_mb"]])
     return (
         f"VmHWM of the server process (/proc/PID/status) after the load runs of item 5 ({item['served_backend']} "
         f"backend, scorer `{item.get('served_scorer')}`): the model, the runtime and everything a request touched, "
-        "at up to the top concurrency. The onnx backend also holds the explanation decoder. When the served backend "
-        "is not torch, the same model is also served on the torch backend for its RSS.\n\n"
-        + table(["server", "peak RSS MB"], rows)
+        "at up to the top concurrency. The onnx backend also holds the explanation decoder. The other backend "
+        "serves the same model once more, for its RSS.\n\n" + table(["server", "peak RSS MB"], rows)
     )
 
 

@@ -168,11 +168,11 @@ def in_process_ms(backend: Any, body: dict[str, Any], cfg: BenchConfig) -> dict[
 
 def bench_service(
     cfg: BenchConfig, serve_model: str, serve_backend: str, dtype: str, in_process: Any, workdir: Path,
-    torch_model: str | None = None,
+    other: tuple[str, str, str] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Items 5 and 7: returns the per-mode load results, the batching speed-up, the HTTP overhead, the peak RSS.
-    `torch_model`: when the served backend is not torch, that model is also served on the torch backend (its own
-    dtype choice, batching on, the top concurrency only) for the torch server's peak RSS."""
+    `other`: (model, backend, dtype) of the other backend (torch when onnx is served, and the reverse), served
+    once more with batching on at the top concurrency only, for its peak RSS: both backends' RSS in one run."""
     bodies = request_bodies(in_process.builder, in_process.tokenizer, 64, cfg.service_prompt_tokens)
     modes: dict[str, Any] = {}
     for mode, max_batch in (("batching_on", 32), ("batching_off", 1)):
@@ -186,12 +186,16 @@ def bench_service(
             modes[mode] = entry
         finally:
             server.stop()
-    torch_server = None
-    if torch_model is not None and serve_backend != "torch":
-        server = Server(torch_model, "torch", "auto", cfg.threads, 32, workdir / "server-torch.log")
+    rss = {serve_backend: modes["batching_on"]["peak_rss_mb"]}
+    other_server = None
+    if other is not None and other[1] != serve_backend:
+        model, backend, other_dtype = other
+        server = Server(model, backend, other_dtype, cfg.threads, 32, workdir / f"server-{backend}.log")
         try:
-            torch_server = _serve_levels(server, bodies, cfg, [max(cfg.service_concurrency)], "torch, batching_on")
-            torch_server["dtype"] = "auto"
+            label = f"{backend}, batching_on"
+            other_server = _serve_levels(server, bodies, cfg, [max(cfg.service_concurrency)], label)
+            other_server.update(backend=backend, dtype=other_dtype)
+            rss[backend] = other_server["peak_rss_mb"]
         finally:
             server.stop()
     top = max(cfg.service_concurrency)
@@ -212,10 +216,9 @@ def bench_service(
         "batching_speedup_c32": ratio(rps("batching_on", top), rps("batching_off", top)),
         "http_overhead_ms_c1": round(http_ms, 2),
         "server_rss_mb": modes["batching_on"]["peak_rss_mb"],
-        "torch_server": torch_server,
-        "torch_server_rss_mb": (torch_server or modes["batching_on"])["peak_rss_mb"]
-        if torch_server is not None or serve_backend == "torch"
-        else None,
+        "other_server": other_server,
+        "torch_server_rss_mb": rss.get("torch"),
+        "onnx_server_rss_mb": rss.get("onnx"),
     }
 
 

@@ -20,7 +20,7 @@ from bench.timing import measure, percentile
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results" / "cpu.json"
 NEW_HEADLINES = ("default_speedup_vs_previous", "rerank100_p50_s")  # items 8, 9: newer than the committed cpu.json
-NEWER_THAN_CPU_JSON = (*NEW_HEADLINES, "torch_server_rss_mb")
+NEWER_THAN_CPU_JSON = (*NEW_HEADLINES, "torch_server_rss_mb", "onnx_server_rss_mb")
 
 
 def _check_headlines(data: dict, keys: tuple[str, ...] | None = None) -> None:
@@ -62,9 +62,9 @@ def test_quick_bench_writes_every_key_and_the_markdown(tmp_path: Path) -> None:
     assert all(lv["errors"] == 0 and lv["requests"] > 0 for mode in service["modes"].values() for lv in mode["levels"])
     assert service["modes"]["batching_off"]["padding_efficiency"] == 1.0  # one pair per pass: never padded
     assert 0.0 < service["modes"]["batching_on"]["padding_efficiency"] <= 1.0
-    if service["served_backend"] != "torch":  # the torch server's RSS is measured in a run of its own
-        assert service["torch_server"]["levels"][0]["errors"] == 0
-        assert service["torch_server_rss_mb"] == service["torch_server"]["peak_rss_mb"] > 0
+    other = service["other_server"]  # the backend not served, in a run of its own for its RSS
+    assert {other["backend"], service["served_backend"]} == {"torch", "onnx"} and other["levels"][0]["errors"] == 0
+    assert service[f"{other['backend']}_server_rss_mb"] == other["peak_rss_mb"] > 0
     assert data["items"]["prefix"]["reuse_vs_plain"]["max_abs_prob_diff"] < 1e-3
 
     text = md.read_text()

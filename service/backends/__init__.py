@@ -14,13 +14,13 @@ __all__ = ["Backend", "ExplainEvent", "ScoreStep", "StreamEnd", "TextDelta", "lo
 
 def load_backend(settings: Settings) -> Backend:
     """Load the model named by the settings; heavy imports happen here, not at import time."""
+    from afrl.lean_imports import skip_unused_transformers_extras
+
+    skip_unused_transformers_extras()  # before transformers' model modules load: ~100 MB (afrl/lean_imports.py)
     if settings.backend == "onnx":
         from service.backends.onnx_backend import OnnxBackend
 
         return OnnxBackend.from_dir(settings.model, providers=settings.onnx_providers, threads=settings.threads)
-    from afrl.lean_imports import skip_unused_transformers_extras
-
-    skip_unused_transformers_extras()  # before the model's modules load: ~100 MB of RSS (afrl/lean_imports.py)
     from service.backends.torch_backend import TorchBackend
 
     return TorchBackend.from_spec(settings.model, dtype=settings.dtype, threads=settings.threads)
