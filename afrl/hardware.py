@@ -21,8 +21,10 @@ An explicit `bf16` is kept; `bf16: true` without an accelerator gets `use_cpu=Tr
 is emulated), so a config written for GPUs still parses on a CPU-only machine for validation. The production
 configs (training/configs/production/) leave bf16 unset and parse by the rules above.
 
-Serving (`bf16_is_fast`, the torch backend's `--dtype auto`, and distillation's `teacher_dtype: auto` on CUDA):
-bf16 on a CUDA GPU with bf16, else bf16 when the CPU has native bf16, else fp32.
+Serving: the torch backend's `--dtype auto` decides by the device the model runs on
+(`service.backends.torch_backend.resolve_dtype`): bf16 on a GPU with bf16, or on a CPU with native bf16, else
+fp32. `bf16_is_fast` (CUDA first, then the CPU) is for processes that run wherever torch puts them (training
+probes, distillation's `teacher_dtype: auto` for its dev report).
 """
 
 from __future__ import annotations

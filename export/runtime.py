@@ -81,8 +81,10 @@ class OnnxScorer:
         manifest: Manifest,
         batch_size: int = 16,
         padding_side: str = "right",
+        variant: str = "fp32",
     ) -> None:
         self.session = session
+        self.variant = variant  # which scorer graph: fp32, int8 or fp16 (SCORER_FILES)
         self.tokenizer = tokenizer
         self.builder = builder
         self.scale = scale
@@ -131,7 +133,7 @@ class OnnxScorer:
         manifest.verify_contract(manifest.scale, builder)
         session = make_session(graph, providers, threads)
         log.info("loaded %s scorer %s on %s", variant, graph, session.get_providers()[0])
-        return cls(session, tokenizer, builder, manifest.scale, manifest, batch_size, padding_side)
+        return cls(session, tokenizer, builder, manifest.scale, manifest, batch_size, padding_side, variant)
 
     def grade_logits(self, input_ids: list[list[int]]) -> np.ndarray:
         """(n, K+1) float32 grade logits of token-id prompts (padded here, to this scorer's side)."""

@@ -20,7 +20,12 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="bind address")
     port: int = Field(default=8000, ge=0, le=65535, description="bind port (0 picks a free one)")
     dtype: Literal["auto", "bf16", "fp32"] = Field(
-        default="auto", description="torch weights: auto = bf16 when the CPU has AMX or AVX512-BF16, else fp32"
+        default="auto",
+        description="torch weights: auto = bf16 where it is fast on the device (a GPU with bf16, a CPU with AMX or "
+        "AVX512-BF16), else fp32",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="torch backend: cuda when torch sees a GPU (auto), else cpu"
     )
     threads: int | None = Field(
         default=None, ge=1, description="intra-op threads (torch, onnxruntime); default: all cores"

@@ -23,4 +23,6 @@ def load_backend(settings: Settings) -> Backend:
         return OnnxBackend.from_dir(settings.model, providers=settings.onnx_providers, threads=settings.threads)
     from service.backends.torch_backend import TorchBackend
 
-    return TorchBackend.from_spec(settings.model, dtype=settings.dtype, threads=settings.threads)
+    return TorchBackend.from_spec(
+        settings.model, dtype=settings.dtype, threads=settings.threads, device=settings.device
+    )

@@ -66,6 +66,11 @@ class OnnxBackend:
             generator = None
         return cls(scorer, generator, model_name=str(folder))
 
+    def runtime_info(self) -> dict[str, Any]:
+        """What /info and the bench report: the execution providers in use and which scorer graph."""
+        providers = self.scorer.session.get_providers()
+        return {"device": providers[0], "providers": providers, "scorer": self.scorer.variant}
+
     def manifest(self) -> dict[str, Any]:
         m = self.scorer.manifest
         return m.to_dict() if hasattr(m, "to_dict") else dict(m)

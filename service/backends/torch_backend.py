@@ -12,6 +12,7 @@
   token, one token at a time, checking a stop flag before each step so a disconnected client stops the work;
   the Evidence quote is kept to the passage and the Verdict to the grade (`afrl.explanation_constraint`).
 * bf16 on CPUs with AMX or AVX512-BF16 (about 3x faster here), unless the settings say fp32.
+* On a GPU (`--device auto` where torch sees one, or `cuda`): service/backends/cuda.py, imported only then.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 
 from afrl.contract import Prompt
 from afrl.explanation_constraint import ExplanationConstraint
-from afrl.hardware import bf16_is_fast
+from afrl.hardware import cpu_has_native_bf16
 from afrl.prefix_lm import end_token_ids, is_prefix_lm, prompt_pass, step_pass
 from afrl.scorer import TorchScorer, grade_head, grade_logits, last_real_index, pad_batch, position_ids_from_mask
 from service.backends.base import ExplainEvent, ScoreStep, StreamEnd, TextDelta
@@ -35,10 +36,27 @@ from service.backends.base import ExplainEvent, ScoreStep, StreamEnd, TextDelta
 log = logging.getLogger(__name__)
 
 
-def resolve_dtype(name: str) -> torch.dtype:
-    if name == "bf16" or (name == "auto" and bf16_is_fast()):
-        return torch.bfloat16
-    return torch.float32
+def resolve_device(name: str) -> str:
+    """ "cuda" or "cpu" for the `device` setting: auto is cuda exactly when torch sees a GPU."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device {name!r}: use auto, cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "--device cuda, but torch sees no GPU (torch.cuda.is_available() is False: a CPU build of torch, "
+            "no driver, or CUDA_VISIBLE_DEVICES empty); use --device cpu or auto"
+        )
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def resolve_dtype(name: str, device: str = "cpu") -> torch.dtype:
+    """bf16 when asked, or for auto where it is fast on the device the model runs on (a GPU with bf16, a CPU
+    with AMX or AVX512-BF16); else fp32. A CPU server on a GPU machine decides by its CPU."""
+    if name == "auto":
+        fast = bool(torch.cuda.is_bf16_supported()) if device == "cuda" else cpu_has_native_bf16()
+        return torch.bfloat16 if fast else torch.float32
+    return torch.bfloat16 if name == "bf16" else torch.float32
 
 
 class TorchBackend:
@@ -56,16 +74,23 @@ class TorchBackend:
         self.eos_ids = end_token_ids(self.model, self.tokenizer)
 
     @classmethod
-    def from_spec(cls, spec: str, dtype: str = "auto", threads: int | None = None) -> TorchBackend:
+    def from_spec(
+        cls, spec: str, dtype: str = "auto", threads: int | None = None, device: str = "auto"
+    ) -> TorchBackend:
         from afrl.manifest import MANIFEST_NAME, Manifest
         from afrl.models import resolve
         from afrl.scorer import load_scorer
 
         if threads:
             torch.set_num_threads(threads)
-        torch_dtype = resolve_dtype(dtype)
-        log.info("loading %s with torch (%s, %d threads)", spec, torch_dtype, torch.get_num_threads())
+        where = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, where)
+        log.info("loading %s with torch (%s on %s, %d threads)", spec, torch_dtype, where, torch.get_num_threads())
         scorer = load_scorer(spec, dtype=torch_dtype)
+        if where == "cuda":
+            from service.backends.cuda import place_on_cuda
+
+            place_on_cuda(scorer.model)
         path = resolve(spec)
         manifest = Manifest.read(path).to_dict() if (path / MANIFEST_NAME).is_file() else None
         return cls(scorer, model_name=spec, manifest=manifest)
@@ -82,6 +107,21 @@ class TorchBackend:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def runtime_info(self) -> dict[str, Any]:
+        """What /info and the bench report: where the model runs, in which dtype, with which attention."""
+        device = self.device
+        info: dict[str, Any] = {
+            "device": str(device),
+            "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+            "attention": getattr(self.model.config, "_attn_implementation", None),
+            "threads": torch.get_num_threads(),
+        }
+        if device.type == "cuda":
+            from service.backends.cuda import gpu_info
+
+            info.update(gpu_info(device.index or 0))
+        return info
 
     @torch.inference_mode()
     def grade_logits(self, prompts: Sequence[Prompt]) -> np.ndarray:

@@ -52,6 +52,8 @@ async def info(request: Request, settings: SettingsDep) -> dict[str, Any]:
     return {
         "model": backend.model_name,
         "backend": backend.name,
+        # where and how it runs: torch device, dtype and attention; onnx providers and scorer graph
+        "runtime": backend.runtime_info() if hasattr(backend, "runtime_info") else None,
         "manifest": backend.manifest(),
         "limits": settings.model_dump(
             include={

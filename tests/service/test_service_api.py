@@ -87,6 +87,7 @@ def test_ops_endpoints(client):
     info = client.get("/info").json()
     assert info["manifest"]["grade_scale"]["labels"] == ["0", "1", "2", "3"]
     assert info["limits"]["max_documents"] == 1000
+    assert info["runtime"]["device"] == "cpu" and info["runtime"]["dtype"] in ("float32", "bfloat16")
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/score", "/rerank", "/v1/rerank", "/v2/rerank", "/explain", "/info"} <= set(paths)

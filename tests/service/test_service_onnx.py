@@ -55,7 +55,9 @@ def test_onnx_and_torch_backends_agree(exported):
         assert explained["score"]["grade"] == torch_explained["score"]["grade"]
         assert explained["done"]["text"].startswith(str(explained["score"]["grade"]))
         assert 1 <= explained["done"]["completion_tokens"] <= 8
-        assert onnx_client.get("/info").json()["backend"] == "onnx"
+        info = onnx_client.get("/info").json()
+        assert info["backend"] == "onnx" and info["runtime"]["device"] == "CPUExecutionProvider"
+        assert info["runtime"]["scorer"] in ("fp32", "int8")
 
 
 def test_onnx_backend_refuses_a_non_folder(tmp_path):
