@@ -20,6 +20,8 @@ LABELS = {
     "batching_speedup_c32": "5. Dynamic batching on / off, throughput at top concurrency",
     "http_overhead_ms_c1": "5. HTTP overhead at concurrency 1 (ms)",
     "qwen3_0p6b_pairs_per_s": "6. Qwen3-0.6B architecture, pairs/s",
+    "batching_min_ratio": "5. Batching on / off, lowest over the concurrency levels",
+    "p99_over_batch_compute_c32": "5. p99 at top concurrency over one full batch's compute time",
     "server_rss_mb": "7. Server peak RSS (MB), the served backend",
     "torch_server_rss_mb": "7. Server peak RSS (MB), torch backend",
     "onnx_server_rss_mb": "7. Server peak RSS (MB), onnx backend",
@@ -218,6 +220,13 @@ def service_section(item: dict[str, Any]) -> str:
         if padding
         else ""
     )
+    if item.get("batch_compute"):
+        ratios = ", ".join(f"c={c} {fmt(r)}x" for c, r in item["batching_ratio_by_concurrency"].items())
+        padding_line += (
+            f"\n\nBatching on / off by concurrency: {ratios}. One full batch ({item['batch_compute']['items']} "
+            f"of the pairs, in process, no server): {fmt(item['batch_compute']['median_s'] * 1000)} ms; p99 at "
+            f"concurrency {item['top_concurrency']} is {fmt(item['p99_over_batch_compute_c32'])}x that."
+        )
     return (
         f"`afrl serve` in its own process ({item['served_backend']} backend, scorer `{item.get('served_scorer')}`), "
         f"{item['request']}, {fmt(item['seconds_per_level'])} s per level, httpx clients in the benchmark process. "

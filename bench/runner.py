@@ -34,6 +34,8 @@ HEADLINES: dict[str, tuple[str, str | None, float | None]] = {
     "roofline_fraction": ("roofline", ">=", 0.4),
     "prefix_reuse_speedup": ("prefix", ">=", 1.5),
     "batching_speedup_c32": ("service", ">=", 1.5),
+    "batching_min_ratio": ("service", ">=", 1.0),
+    "p99_over_batch_compute_c32": ("service", "<=", 2.0),
     "http_overhead_ms_c1": ("service", None, None),
     "qwen3_0p6b_pairs_per_s": ("qwen3", None, None),
     "server_rss_mb": ("service", "<=", 800.0),

@@ -205,6 +205,10 @@ def bench_service(
 
     off_c1 = next(r for r in modes["batching_off"]["levels"] if r["concurrency"] == 1)
     http_ms = off_c1["p50_ms"] - modes["batching_off"]["in_process_c1"]["median_s"] * 1000
+    # The batch's own compute time: one pass over `top` of the bodies' pairs, in process, no server running.
+    batch = in_process_batch(in_process, bodies[:top], cfg)
+    on_top = next(r for r in modes["batching_on"]["levels"] if r["concurrency"] == top)
+    levels = sorted(r["concurrency"] for r in modes["batching_on"]["levels"])
     return {
         "served_model": serve_model,
         "served_backend": serve_backend,
@@ -214,12 +218,23 @@ def bench_service(
         "modes": modes,
         "top_concurrency": top,
         "batching_speedup_c32": ratio(rps("batching_on", top), rps("batching_off", top)),
+        "batching_ratio_by_concurrency": {c: ratio(rps("batching_on", c), rps("batching_off", c)) for c in levels},
+        "batching_min_ratio": min(ratio(rps("batching_on", c), rps("batching_off", c)) for c in levels),
+        "batch_compute": batch,
+        "p99_over_batch_compute_c32": ratio(on_top["p99_ms"], batch["median_s"] * 1000),
         "http_overhead_ms_c1": round(http_ms, 2),
         "server_rss_mb": modes["batching_on"]["peak_rss_mb"],
         "other_server": other_server,
         "torch_server_rss_mb": rss.get("torch"),
         "onnx_server_rss_mb": rss.get("onnx"),
     }
+
+
+def in_process_batch(backend: Any, bodies: list[dict[str, Any]], cfg: BenchConfig) -> dict[str, Any]:
+    """Timing of one forward pass over the pairs of `bodies` (one per body) on the in-process backend."""
+    prompts = backend.builder.build_many([(b["pairs"][0]["query"], b["pairs"][0]["document"]) for b in bodies])
+    t = measure(lambda: backend.grade_logits(prompts), cfg.warmup + 1, max(cfg.repeats, 3))
+    return t.to_dict(items=len(prompts))
 
 
 def _serve_levels(
