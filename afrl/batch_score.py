@@ -213,20 +213,14 @@ def shard_name(k: int) -> str:
 
 
 def load_reranker(opts: ScoreOptions) -> Reranker:
-    """The Reranker both engines score with, on the GPU when this process has one (a Ray actor given num_gpus)."""
+    """The Reranker both engines score with, on the GPU when this process has one (a Ray actor given num_gpus):
+    the torch backend's `device: auto` (service/backends/cuda.py)."""
     from afrl.reranker import Reranker
 
     settings: dict[str, Any] = {"dtype": opts.dtype, **opts.settings}
     if opts.threads:
         settings["threads"] = opts.threads
-    reranker = Reranker(opts.model, opts.backend, batch_size=opts.batch_size, show_progress_bar=False, **settings)
-    model = getattr(reranker.backend, "model", None)  # the torch backend's; it reads its device at every pass
-    if model is not None:
-        import torch
-
-        if torch.cuda.is_available():
-            model.to("cuda")
-    return reranker
+    return Reranker(opts.model, opts.backend, batch_size=opts.batch_size, show_progress_bar=False, **settings)
 
 
 def score_shard(

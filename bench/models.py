@@ -55,7 +55,7 @@ def measure_model(cfg: BenchConfig, spec: str, pairs: list[tuple[str, str]], pas
     from service.backends.torch_backend import TorchBackend
 
     started = time.perf_counter()
-    backend = TorchBackend.from_spec(spec, dtype="auto", threads=cfg.threads)
+    backend = TorchBackend.from_spec(spec, dtype="auto", threads=cfg.threads, device="cpu")  # a CPU benchmark
     load_s = time.perf_counter() - started
     model = backend.model
     prompts = backend.builder.build_many(pairs)

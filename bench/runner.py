@@ -173,7 +173,7 @@ def core_items(run: Run, cfg: BenchConfig, cache: Path) -> None:
         model = str(onnx_dir) if on_onnx else cfg.model
         kind: Literal["torch", "onnx"] = "onnx" if on_onnx else "torch"
         dtype: Literal["bf16", "fp32"] = "bf16" if best == "torch-bf16" else "fp32"
-        in_process = load_backend(Settings(model=model, backend=kind, threads=cfg.threads, dtype=dtype))
+        in_process = load_backend(Settings(model=model, backend=kind, threads=cfg.threads, dtype=dtype, device="cpu"))
         # The other backend too, for its RSS: torch in its own dtype choice, or the INT8 ONNX scorer the
         # service's onnx backend loads (`fp32` names no ONNX file; the export's manifest picks the scorer).
         other = (cfg.model, "torch", "auto") if on_onnx else (str(onnx_dir), "onnx", "fp32") if onnx_dir else None

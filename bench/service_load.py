@@ -67,6 +67,7 @@ class Server:
         self.cmd = [
             sys.executable, "-m", "afrl.cli", "serve", "--model", model, "--backend", backend, "--port",
             str(self.port), "--threads", str(threads), "--max-batch-pairs", str(max_batch_pairs), "--dtype", dtype,
+            "--device", "cpu",  # the CPU benchmark: never a GPU the machine may also have
         ]  # fmt: skip
         self._log = log_path.open("w")
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)

@@ -16,6 +16,7 @@ _FLAGS = {
     "backend": "torch or onnx",
     "host": "bind address",
     "port": "bind port",
+    "device": "torch: auto (cuda when torch sees a GPU), cpu or cuda",
     "dtype": "torch weights: auto, bf16 or fp32",
     "threads": "intra-op threads",
     "onnx_providers": "onnxruntime providers: cpu, cuda or tensorrt",

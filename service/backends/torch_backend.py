@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> str:
-    """ "cuda" or "cpu" for the `device` setting: auto is cuda exactly when torch sees a GPU."""
+    """The device of the `device` setting, "cuda" or "cpu": auto is cuda exactly when torch sees a GPU."""
     if name not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device {name!r}: use auto, cpu or cuda")
     if name == "cuda" and not torch.cuda.is_available():
