@@ -12,46 +12,20 @@ when its stamp (source path, the source's config and weights sizes and times, be
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
-from afrl.manifest import MANIFEST_NAME
+from export.cache import CACHE_VERSION, cached, slug, source_fingerprint, write_stamp
 
 log = logging.getLogger(__name__)
-
-CACHE_VERSION = 1
-STAMP = "bench-stamp.json"
 
 
 def default_cache_dir() -> Path:
     from afrl.models import cache_dir
 
     return cache_dir() / "bench"
-
-
-def _source_fingerprint(path: Path) -> dict[str, Any]:
-    """Sizes and modification times of the files that define a model: cheap, and changes when they do."""
-    files = {}
-    for p in sorted(path.iterdir()):
-        if p.is_file() and (p.suffix in (".json", ".safetensors", ".bin", ".model") or p.name == MANIFEST_NAME):
-            st = p.stat()
-            files[p.name] = [st.st_size, int(st.st_mtime)]
-    return {"path": str(path.resolve()), "files": files, "cache_version": CACHE_VERSION}
-
-
-def _cached(folder: Path, stamp: dict[str, Any]) -> bool:
-    stamp_file = folder / STAMP
-    if not (folder / MANIFEST_NAME).is_file() or not stamp_file.is_file():
-        return False
-    return bool(json.loads(stamp_file.read_text()) == stamp)
-
-
-def _slug(stamp: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _export_options(out: Path, decoder: bool, threads: int, check_pairs: int, fp16: bool = False) -> Any:
@@ -77,18 +51,18 @@ def onnx_export(spec: str, cache: Path, threads: int, check_pairs: int = 4, fp16
     from afrl.models import resolve
 
     source = resolve(spec)
-    stamp = {"spec": spec, **_source_fingerprint(source)}
+    stamp = {"spec": spec, **source_fingerprint(source)}
     if fp16:
         stamp["fp16"] = True
-    folder = cache / f"onnx-{source.name}-{_slug(stamp)}"
-    if _cached(folder, stamp):
+    folder = cache / f"onnx-{source.name}-{slug(stamp)}"
+    if cached(folder, stamp):
         log.info("bench: reusing the ONNX export in %s", folder)
         return folder
     from export.pipeline import export_model
 
     log.info("bench: exporting %s to ONNX (fp32, INT8, decoder) into %s; done once", spec, folder)
     export_model(spec, _export_options(folder, True, threads, check_pairs, fp16))
-    (folder / STAMP).write_text(json.dumps(stamp, indent=2))
+    write_stamp(folder, stamp)
     return folder
 
 
@@ -121,8 +95,8 @@ def qwen3_export(cache: Path, threads: int, shrunk: bool) -> Path:
     """The random-weight Qwen3-0.6B-architecture scorer as ONNX (fp32 + INT8, no decoder), built once."""
     cfg = qwen3_config(shrunk)
     stamp = {"model": "random qwen3-0.6b architecture", "config": cfg, "cache_version": CACHE_VERSION}
-    folder = cache / f"qwen3-0.6b-arch-{_slug(stamp)}"
-    if _cached(folder, stamp):
+    folder = cache / f"qwen3-0.6b-arch-{slug(stamp)}"
+    if cached(folder, stamp):
         log.info("bench: reusing the Qwen3-0.6B-architecture export in %s", folder)
         return folder
     from afrl.contract import GradeScale, PromptBuilder
@@ -133,7 +107,7 @@ def qwen3_export(cache: Path, threads: int, shrunk: bool) -> Path:
     model, tok = build_qwen3(cfg)
     scorer = TorchScorer(model, tok, PromptBuilder(tok), GradeScale(), batch_size=2)
     export_scorer_model(scorer, "random-qwen3-0.6b-architecture", _export_options(folder, False, threads, 2))
-    (folder / STAMP).write_text(json.dumps(stamp, indent=2))
+    write_stamp(folder, stamp)
     return folder
 
 

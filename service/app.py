@@ -112,7 +112,8 @@ async def _warm_up(app: FastAPI) -> None:
     def run() -> None:
         backend.grade_logits_shared_prefix(prompts, prompts[0].query_prefix_len)
         backend.grade_logits(prompts)
-        if can_explain(backend):  # a scorer-only export has nothing to warm up here
+        # a scorer-only export has nothing to warm up here; a lazily loaded explainer must stay unloaded
+        if can_explain(backend) and not getattr(backend, "explain_is_lazy", False):
             for _ in backend.explain(prompts[0], 2, threading.Event()):
                 pass
 

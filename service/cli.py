@@ -13,7 +13,7 @@ from typing import Any
 # Flags that the command line offers; the rest of the settings are environment variables only.
 _FLAGS = {
     "model": "`default`, a model folder or cached hub id; with --backend onnx an export folder",
-    "backend": "torch or onnx",
+    "backend": "torch, onnx, or auto (the fastest for this machine: service/backend_choice.py)",
     "host": "bind address",
     "port": "bind port",
     "device": "torch: auto (cuda when torch sees a GPU), cpu or cuda",

@@ -16,7 +16,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AFRL_", extra="ignore", validate_default=True)
 
     model: str = Field(default="default", description="`default`, a model folder or hub id; for onnx an export folder")
-    backend: Literal["torch", "onnx"] = Field(default="torch", description="inference backend")
+    backend: Literal["torch", "onnx", "auto"] = Field(
+        default="torch",
+        description="inference backend; auto: the fastest for this machine (service/backend_choice.py)",
+    )
     host: str = Field(default="127.0.0.1", description="bind address")
     port: int = Field(default=8000, ge=0, le=65535, description="bind port (0 picks a free one)")
     dtype: Literal["auto", "bf16", "fp32"] = Field(

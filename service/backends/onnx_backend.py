@@ -32,18 +32,35 @@ log = logging.getLogger(__name__)
 
 class OnnxBackend:
     name = "onnx"
+    chosen: str | None = None  # why `--backend auto` picked this backend (service/backend_choice.py)
 
-    def __init__(self, scorer: Any, generator: Any | None, model_name: str):
+    def __init__(
+        self,
+        scorer: Any,
+        generator: Any | None,
+        model_name: str,
+        explain_with: str | None = None,
+        threads: int | None = None,
+    ):
         self.scorer = scorer
         self.generator = generator
-        self.can_explain = generator is not None  # a scorer-only export (a prefix LM's) serves /score, /rerank
+        # A scorer-only export (a prefix LM's) serves /score and /rerank; with `explain_with` (a torch model spec,
+        # from `--backend auto`) it explains with that model, loaded on the first /explain, not at start.
+        self.explain_with = explain_with if generator is None else None
+        self.can_explain = generator is not None or self.explain_with is not None
+        self.explain_is_lazy = self.explain_with is not None  # the warm-up must not load it
+        self._explainer: Any = None
+        self._explainer_lock = threading.Lock()
+        self._threads = threads
         self.builder = scorer.builder
         self.scale = scorer.scale
         self.tokenizer = scorer.tokenizer
         self.model_name = model_name
 
     @classmethod
-    def from_dir(cls, path: str, providers: str = "cpu", threads: int | None = None) -> OnnxBackend:
+    def from_dir(
+        cls, path: str, providers: str = "cpu", threads: int | None = None, explain_with: str | None = None
+    ) -> OnnxBackend:
         try:
             from export.runtime import OnnxGenerator, OnnxScorer
         except ImportError as e:
@@ -62,14 +79,29 @@ class OnnxBackend:
             generator = OnnxGenerator.from_dir(folder, providers=provider_list, threads=threads)
         except (FileNotFoundError, ValueError) as e:
             # A scorer-only export still serves /score and /rerank; /explain then answers 501 (service.errors).
-            log.warning("no explanation decoder in %s (%s): /explain is disabled", folder, e)
+            if explain_with is None:
+                log.warning("no explanation decoder in %s (%s): /explain is disabled", folder, e)
             generator = None
-        return cls(scorer, generator, model_name=str(folder))
+        return cls(scorer, generator, model_name=str(folder), explain_with=explain_with, threads=threads)
+
+    def _torch_explainer(self) -> Any:
+        with self._explainer_lock:
+            if self._explainer is None:
+                from service.backends.torch_backend import TorchBackend
+
+                log.info("loading %s with torch for /explain (first use)", self.explain_with)
+                self._explainer = TorchBackend.from_spec(str(self.explain_with), threads=self._threads, device="cpu")
+            return self._explainer
 
     def runtime_info(self) -> dict[str, Any]:
         """What /info and the bench report: the execution providers in use and which scorer graph."""
         providers = self.scorer.session.get_providers()
-        return {"device": providers[0], "providers": providers, "scorer": self.scorer.variant}
+        info: dict[str, Any] = {"device": providers[0], "providers": providers, "scorer": self.scorer.variant}
+        if self.chosen:
+            info["chosen"] = self.chosen
+        if self.explain_with is not None:
+            info["explain_with"] = f"torch: {self.explain_with} ({'loaded' if self._explainer else 'on first use'})"
+        return info
 
     def manifest(self) -> dict[str, Any]:
         m = self.scorer.manifest
@@ -84,6 +116,12 @@ class OnnxBackend:
     def explain(self, prompt: Prompt, max_new_tokens: int, stop: threading.Event) -> Iterator[ExplainEvent]:
         logits = self.grade_logits([prompt])[0]
         yield ScoreStep(logits)
+        if self.generator is None and self.explain_with is not None:
+            # The torch model writes the text after *this* scorer's grade, so the explanation follows the score sent.
+            for event in self._torch_explainer().explain(prompt, max_new_tokens, stop, grade=int(np.argmax(logits))):
+                if not isinstance(event, ScoreStep):
+                    yield event
+            return
         if self.generator is None:
             raise ExplanationUnavailableError(EXPLAIN_UNAVAILABLE)
         # As in the torch backend, the first token is the argmax grade, so the explanation follows the sent score.

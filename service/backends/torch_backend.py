@@ -61,6 +61,7 @@ def resolve_dtype(name: str, device: str = "cpu") -> torch.dtype:
 
 class TorchBackend:
     name = "torch"
+    chosen: str | None = None  # why `--backend auto` picked this backend (service/backend_choice.py)
 
     def __init__(self, scorer: TorchScorer, model_name: str = "model", manifest: dict[str, Any] | None = None):
         self.scorer = scorer
@@ -117,6 +118,8 @@ class TorchBackend:
             "attention": getattr(self.model.config, "_attn_implementation", None),
             "threads": torch.get_num_threads(),
         }
+        if self.chosen:
+            info["chosen"] = self.chosen
         if device.type == "cuda":
             from service.backends.cuda import gpu_info
 
@@ -156,7 +159,11 @@ class TorchBackend:
         last = hidden[torch.arange(n, device=device), last_real_index(suffix_mask)]
         return (last @ grade_head(self.model, self.grade_ids).T).float().cpu().numpy()
 
-    def explain(self, prompt: Prompt, max_new_tokens: int, stop: threading.Event) -> Iterator[ExplainEvent]:
+    def explain(
+        self, prompt: Prompt, max_new_tokens: int, stop: threading.Event, grade: int | None = None
+    ) -> Iterator[ExplainEvent]:
+        """The Backend protocol's explain; `grade` (default: this model's argmax) is the first token written, so
+        another scorer's grade can be explained (the onnx backend's lazy explainer)."""
         with torch.inference_mode():
             ids = torch.tensor([prompt.input_ids], dtype=torch.long, device=self.device)
             logits, past = prompt_pass(self.model, ids)
@@ -164,7 +171,7 @@ class TorchBackend:
             yield ScoreStep(g.cpu().numpy())
             # The first token is the argmax grade, so the explanation always follows the score that was sent; the
             # Evidence and the Verdict are kept to the contract (afrl.explanation_constraint), as afrl eval decodes.
-            token = self.grade_ids[int(g.argmax())]
+            token = self.grade_ids[int(g.argmax()) if grade is None else grade]
             constraint = ExplanationConstraint.for_prompt(self.tokenizer, prompt)
             if constraint is not None:
                 constraint.advance(token)

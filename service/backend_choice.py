@@ -1,0 +1,106 @@
+"""`--backend auto`: the fastest backend for this machine and model, decided once at start, reported in /info.
+
+The rules, in order (figures: `afrl bench`, bench/results/default_student_service_lean.md, default student, batch
+32 on a 2-core AMD EPYC with AVX512-BF16: torch bf16 2.06x torch fp32, INT8 ONNX 2.28x, ONNX fp32 1.16x):
+1. `--model` is an `afrl export` folder: onnx (there is nothing else to run).
+2. torch sees a GPU and `--device` is not cpu: torch on CUDA (service/backends/cuda.py).
+3. the CPU has native bf16 (AMX or AVX512-BF16): torch in bf16. It is within noise of INT8 ONNX there, and keeps
+   prefix reuse, /explain and exact torch numbers.
+4. otherwise (bf16 would be emulated, 2-5x slower than fp32): the model's INT8 ONNX scorer, exported once into
+   the AFRL cache (`afrl export` code, the INT8 accuracy gate enforced: a model whose INT8 grades move too far
+   keeps fp32, and is then served by torch fp32, since ONNX fp32 is barely faster). An export without an
+   explanation decoder (a prefix LM's) explains with the torch model, loaded on the first /explain only.
+
+The export is keyed by the model's files (sizes and times) and reused while they are unchanged
+(`export.cache`); the first start on such a machine pays for it (about a minute for the default student here).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REFUSED = "int8-refused.txt"  # beside an export whose INT8 scorer failed the gate: why
+
+
+@dataclass(frozen=True)
+class Choice:
+    backend: str  # "torch" or "onnx"
+    model: str  # what that backend loads: the model spec, or an export folder
+    reason: str  # one sentence, shown in /info (`runtime.chosen`) and logged
+    explain_with: str | None = None  # a torch model spec that explains for a scorer-only export
+
+
+def is_export_folder(spec: str) -> bool:
+    from export.runtime import SCORER_FILES
+
+    folder = Path(spec).expanduser()
+    return folder.is_dir() and (folder / SCORER_FILES["fp32"]).is_file()
+
+
+def choose(settings: Settings) -> Choice:
+    """Apply the rules of the module docstring to `settings` (whose backend is "auto")."""
+    import torch
+
+    from afrl.hardware import cpu_has_native_bf16
+
+    spec = settings.model
+    if is_export_folder(spec):
+        return Choice("onnx", spec, "an `afrl export` folder: onnxruntime")
+    if settings.device != "cpu" and torch.cuda.is_available():
+        return Choice("torch", spec, "torch sees a GPU: torch on CUDA")
+    if cpu_has_native_bf16():
+        return Choice("torch", spec, "this CPU has native bf16 (AMX or AVX512-BF16): torch in bf16")
+    folder, refusal = int8_export(spec, settings.threads)
+    if refusal is not None:
+        return Choice("torch", spec, f"no native bf16, and INT8 failed its accuracy gate ({refusal}): torch fp32")
+    from afrl.manifest import Manifest
+
+    manifest = Manifest.read(folder)
+    gate = manifest.parity.get("int8", {})
+    decoder = not manifest.extra.get("decoder_skipped")
+    return Choice(
+        "onnx",
+        str(folder),
+        f"no native bf16 on this CPU: the INT8 ONNX scorer (gate: agreement {gate.get('grade_agreement')}), "
+        f"exported to {folder}" + ("" if decoder else "; /explain uses the torch model, loaded on first use"),
+        explain_with=None if decoder else spec,
+    )
+
+
+def int8_export(spec: str, threads: int | None) -> tuple[Path, str | None]:
+    """(folder, None): the model's ONNX export with its INT8 scorer, built once under the AFRL cache; or
+    (folder, why) when the INT8 gate refused it (remembered too, so no later start exports again)."""
+    from afrl.models import cache_dir, resolve
+    from export.cache import cached, slug, source_fingerprint, write_stamp
+    from export.parity import ExportError
+    from export.pipeline import ExportOptions, export_model
+
+    source = resolve(spec)
+    stamp = {"spec": spec, "purpose": "afrl serve --backend auto", **source_fingerprint(source)}
+    folder = cache_dir() / "serve" / f"onnx-{source.name}-{slug(stamp)}"
+    refused = folder / REFUSED
+    if cached(folder, stamp):
+        log.info("backend auto: reusing the ONNX export in %s", folder)
+        return folder, refused.read_text() if refused.is_file() else None
+    log.info("backend auto: exporting %s to ONNX with INT8 into %s (once; later starts reuse it)", spec, folder)
+    options = ExportOptions(
+        out=folder, int8=True, overwrite=True, threads=threads, provenance={"purpose": stamp["purpose"]}
+    )
+    why = None
+    try:
+        export_model(spec, options)
+    except ExportError as e:  # the INT8 gate: the fp32 export is complete, the INT8 graph is not to be served
+        if not (folder / "afrl.json").is_file():
+            raise
+        why = str(e).split(". ")[0]
+        refused.write_text(why)
+    write_stamp(folder, stamp)
+    return folder, why
