@@ -53,6 +53,9 @@ def register(sub: Any) -> None:
         help="models the `models` item measures --model against; the first gives default_speedup_vs_previous "
         "(default: the previous default, afrl/shipped/sft-smollm2-trec-balanced)",
     )
+    p.add_argument(
+        "--service-max-batch", type=int, default=None, help="max_batch_pairs of the batching-on server (default 32)"
+    )
     p.add_argument("--skip", nargs="*", default=[], choices=ITEMS, help="items to leave out")
     p.set_defaults(func=run)
 
@@ -61,7 +64,7 @@ def command_line(args: argparse.Namespace) -> str:
     """The command as a person would retype it (from the parsed options, whoever called us)."""
     parts = ["afrl", "bench", "--model", args.model]
     parts += ["--quick"] if args.quick else []
-    for flag in ("json", "markdown", "cache_dir", "threads", "repeats"):
+    for flag in ("json", "markdown", "cache_dir", "threads", "repeats", "service_max_batch"):
         value = getattr(args, flag)
         if value is not None:
             parts += ["--" + flag.replace("_", "-"), str(value)]
@@ -94,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["repeats"] = args.repeats
     if args.compare:
         overrides["compare"] = tuple(args.compare)
+    if args.service_max_batch:
+        overrides["service_max_batch"] = args.service_max_batch
     cfg = BenchConfig.quick_for(**overrides) if args.quick else BenchConfig(**overrides)
     result = run_bench(cfg, command_line(args))
     args.json.parent.mkdir(parents=True, exist_ok=True)

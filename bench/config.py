@@ -34,6 +34,8 @@ class BenchConfig:
     service_concurrency: tuple[int, ...] = (1, 8, 32)
     service_seconds: float = 10.0
     service_prompt_tokens: int = 200
+    service_max_batch: int = 32
+    """`max_batch_pairs` of the batching-on server (32: the service default)."""
     qwen3_batch: int = 32
     qwen3_tokens: int = 256
     compare: tuple[str, ...] = (PREVIOUS_DEFAULT,)

@@ -230,7 +230,8 @@ def service_section(item: dict[str, Any]) -> str:
     return (
         f"`afrl serve` in its own process ({item['served_backend']} backend, scorer `{item.get('served_scorer')}`), "
         f"{item['request']}, {fmt(item['seconds_per_level'])} s per level, httpx clients in the benchmark process. "
-        "Batching off = `max_batch_pairs` 1; on = the defaults (32 pairs, 5 ms window).\n\n"
+        f"Batching off = `max_batch_pairs` 1; on = `max_batch_pairs` {item['modes']['batching_on']['max_batch_pairs']} "
+        "(the service default is 32) and the default 5 ms window.\n\n"
         + table(["batching", "concurrency", "requests/s", "p50 ms", "p99 ms", "requests", "errors"], rows)
         + f"\n\nHTTP overhead at concurrency 1: p50 over HTTP minus the in-process backend call ({fmt(inproc)} ms, "
         f"prompt building + scoring) = **{fmt(item['http_overhead_ms_c1'])} ms**." + padding_line

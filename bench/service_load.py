@@ -176,7 +176,7 @@ def bench_service(
     once more with batching on at the top concurrency only, for its peak RSS: both backends' RSS in one run."""
     bodies = request_bodies(in_process.builder, in_process.tokenizer, 64, cfg.service_prompt_tokens)
     modes: dict[str, Any] = {}
-    for mode, max_batch in (("batching_on", 32), ("batching_off", 1)):
+    for mode, max_batch in (("batching_on", cfg.service_max_batch), ("batching_off", 1)):
         server = Server(serve_model, serve_backend, dtype, cfg.threads, max_batch, workdir / f"server-{mode}.log")
         try:
             entry = _serve_levels(server, bodies, cfg, cfg.service_concurrency, f"{serve_backend}, {mode}")
@@ -191,7 +191,9 @@ def bench_service(
     other_server = None
     if other is not None and other[1] != serve_backend:
         model, backend, other_dtype = other
-        server = Server(model, backend, other_dtype, cfg.threads, 32, workdir / f"server-{backend}.log")
+        server = Server(
+            model, backend, other_dtype, cfg.threads, cfg.service_max_batch, workdir / f"server-{backend}.log"
+        )
         try:
             label = f"{backend}, batching_on"
             other_server = _serve_levels(server, bodies, cfg, [max(cfg.service_concurrency)], label)
@@ -206,8 +208,8 @@ def bench_service(
 
     off_c1 = next(r for r in modes["batching_off"]["levels"] if r["concurrency"] == 1)
     http_ms = off_c1["p50_ms"] - modes["batching_off"]["in_process_c1"]["median_s"] * 1000
-    # The batch's own compute time: one pass over `top` of the bodies' pairs, in process, no server running.
-    batch = in_process_batch(in_process, bodies[:top], cfg)
+    # The batch's own compute time: one full pass (top concurrency, or the batch cap), in process, no server.
+    batch = in_process_batch(in_process, bodies[: min(top, cfg.service_max_batch)], cfg)
     on_top = next(r for r in modes["batching_on"]["levels"] if r["concurrency"] == top)
     levels = sorted(r["concurrency"] for r in modes["batching_on"]["levels"])
     return {
