@@ -78,6 +78,11 @@ def position_limit(model: Any) -> int | None:
     return getattr(getattr(model, "config", None), "max_position_embeddings", None)
 
 
+def attention_implementation(model: Any) -> str | None:
+    """The attention kernel transformers runs the model with (`sdpa`, `eager`, ...), for /info and the benches."""
+    return getattr(getattr(model, "config", None), "_attn_implementation", None)
+
+
 @dataclass
 class TorchScorer:
     """Scores (query, document) pairs with a causal LM under the AFRL contract."""

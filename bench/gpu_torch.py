@@ -56,7 +56,7 @@ def bench_model(
     """pairs/s and batch latency at each batch size of `TOKENS`-token pairs (random ids, no padding)."""
     import torch
 
-    from afrl.scorer import grade_logits
+    from afrl.scorer import attention_implementation, grade_logits
     from bench.timing import percentile
 
     def sync() -> None:
@@ -104,7 +104,7 @@ def bench_model(
         "parameters_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
         "dtype": str(param.dtype).removeprefix("torch."),
         "device": str(param.device),
-        "attention": getattr(model.config, "_attn_implementation", None),
+        "attention": attention_implementation(model),
         "batches": rows,
         "best_pairs_per_s": max(ok, default=None),
         "max_memory_allocated_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else None,

@@ -132,6 +132,7 @@ def run(cfg: BenchConfig, command: str = "afrl bench") -> dict[str, Any]:
 
 def core_items(run: Run, cfg: BenchConfig, cache: Path) -> None:
     """Items 1-7: the exports of `--model`, its backends loaded once, then each item in turn."""
+    from afrl.scorer import attention_implementation
     from bench import prefix, roofline, scoring, service_load
     from bench.prepare import onnx_export, qwen3_export
 
@@ -143,7 +144,7 @@ def core_items(run: Run, cfg: BenchConfig, cache: Path) -> None:
         run.items["prepare"]["int8_parity"] = Manifest.read(onnx_dir).parity.get("int8")
     backends = scoring.load_backends(cfg, onnx_dir)
     fp32 = backends["torch-fp32"]
-    run.result["torch_attention"] = getattr(fp32.scorer.model.config, "_attn_implementation", None)
+    run.result["torch_attention"] = attention_implementation(fp32.scorer.model)
     builder = fp32.scorer.builder
 
     answer = run.item("backends", lambda: scoring.bench_backends(cfg, backends, builder))

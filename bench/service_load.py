@@ -212,6 +212,7 @@ def bench_service(
     batch = in_process_batch(in_process, bodies[: min(top, cfg.service_max_batch)], cfg)
     on_top = next(r for r in modes["batching_on"]["levels"] if r["concurrency"] == top)
     levels = sorted(r["concurrency"] for r in modes["batching_on"]["levels"])
+    by_level = {c: ratio(rps("batching_on", c), rps("batching_off", c)) for c in levels}
     return {
         "served_model": serve_model,
         "served_backend": serve_backend,
@@ -221,8 +222,8 @@ def bench_service(
         "modes": modes,
         "top_concurrency": top,
         "batching_speedup_c32": ratio(rps("batching_on", top), rps("batching_off", top)),
-        "batching_ratio_by_concurrency": {c: ratio(rps("batching_on", c), rps("batching_off", c)) for c in levels},
-        "batching_min_ratio": min(ratio(rps("batching_on", c), rps("batching_off", c)) for c in levels),
+        "batching_ratio_by_concurrency": by_level,
+        "batching_min_ratio": min(by_level.values()),
         "batch_compute": batch,
         "p99_over_batch_compute_c32": ratio(on_top["p99_ms"], batch["median_s"] * 1000),
         "http_overhead_ms_c1": round(http_ms, 2),

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from afrl.scorer import attention_implementation
+
 log = logging.getLogger(__name__)
 
 
@@ -29,13 +31,10 @@ def place_on_cuda(model: Any, index: int = 0) -> torch.device:
     device = torch.device("cuda", index)
     torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls, the public switch for it
     model.to(device)
-    log.info("model on %s (%s), attention %s", device, torch.cuda.get_device_name(index), attention_of(model))
+    log.info(
+        "model on %s (%s), attention %s", device, torch.cuda.get_device_name(index), attention_implementation(model)
+    )
     return device
-
-
-def attention_of(model: Any) -> str | None:
-    config = getattr(model, "config", None)
-    return getattr(config, "_attn_implementation", None)
 
 
 def gpu_info(index: int = 0) -> dict[str, Any]:

@@ -48,7 +48,6 @@ class OnnxBackend:
         # from `--backend auto`) it explains with that model, loaded on the first /explain, not at start.
         self.explain_with = explain_with if generator is None else None
         self.can_explain = generator is not None or self.explain_with is not None
-        self.explain_is_lazy = self.explain_with is not None  # the warm-up must not load it
         self._explainer: Any = None
         self._explainer_lock = threading.Lock()
         self._threads = threads
@@ -84,6 +83,11 @@ class OnnxBackend:
             generator = None
         return cls(scorer, generator, model_name=str(folder), explain_with=explain_with, threads=threads)
 
+    @property
+    def explain_is_lazy(self) -> bool:
+        """Whether /explain loads its model on first use (the warm-up must not load it)."""
+        return self.explain_with is not None
+
     def _torch_explainer(self) -> Any:
         with self._explainer_lock:
             if self._explainer is None:
@@ -116,7 +120,7 @@ class OnnxBackend:
     def explain(self, prompt: Prompt, max_new_tokens: int, stop: threading.Event) -> Iterator[ExplainEvent]:
         logits = self.grade_logits([prompt])[0]
         yield ScoreStep(logits)
-        if self.generator is None and self.explain_with is not None:
+        if self.explain_with is not None:  # set only for a scorer-only export
             # The torch model writes the text after *this* scorer's grade, so the explanation follows the score sent.
             for event in self._torch_explainer().explain(prompt, max_new_tokens, stop, grade=int(np.argmax(logits))):
                 if not isinstance(event, ScoreStep):

@@ -30,7 +30,15 @@ from afrl.contract import Prompt
 from afrl.explanation_constraint import ExplanationConstraint
 from afrl.hardware import cpu_has_native_bf16
 from afrl.prefix_lm import end_token_ids, is_prefix_lm, prompt_pass, step_pass
-from afrl.scorer import TorchScorer, grade_head, grade_logits, last_real_index, pad_batch, position_ids_from_mask
+from afrl.scorer import (
+    TorchScorer,
+    attention_implementation,
+    grade_head,
+    grade_logits,
+    last_real_index,
+    pad_batch,
+    position_ids_from_mask,
+)
 from service.backends.base import ExplainEvent, ScoreStep, StreamEnd, TextDelta
 
 log = logging.getLogger(__name__)
@@ -115,7 +123,7 @@ class TorchBackend:
         info: dict[str, Any] = {
             "device": str(device),
             "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
-            "attention": getattr(self.model.config, "_attn_implementation", None),
+            "attention": attention_implementation(self.model),
             "threads": torch.get_num_threads(),
         }
         if self.chosen:
