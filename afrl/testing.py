@@ -28,18 +28,39 @@ _CORPUS = [
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 
 
-@lru_cache(maxsize=1)
-def _tokenizer_json() -> str:
+def train_bpe_tokenizer(corpus: list[str], vocab_size: int) -> Any:
+    """A byte-level BPE trained on `corpus` with the ChatML template and special tokens: any text round-trips
+    (byte level), digits stay single tokens unless the corpus merges them, and the AFRL contract works as with
+    a hub tokenizer. Used for the test tokenizer and for from-scratch study models (training/rule_lm.py)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
-    return str(tok.to_str())
+    tok.train_from_iterator(corpus, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|pad|>",
+        bos_token=None,
+        unk_token=None,
+        # Without this, a locally built tokenizer returns token_type_ids and `generate` fails (DESIGN.md 9).
+        model_input_names=["input_ids", "attention_mask"],
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+@lru_cache(maxsize=1)
+def _tokenizer_json() -> str:
+    return str(train_bpe_tokenizer(_CORPUS * 4, vocab_size=400).backend_tokenizer.to_str())
 
 
 def tiny_tokenizer() -> Any:
@@ -52,7 +73,6 @@ def tiny_tokenizer() -> Any:
         pad_token="<|pad|>",
         bos_token=None,
         unk_token=None,
-        # Without this, a locally built tokenizer returns token_type_ids and `generate` fails (DESIGN.md 9).
         model_input_names=["input_ids", "attention_mask"],
     )
     tok.chat_template = CHATML_TEMPLATE

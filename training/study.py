@@ -29,7 +29,7 @@ import logging
 import math
 import shutil
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,17 +41,6 @@ DEFAULT_ARMS: dict[str, dict[str, Any] | None] = {
     "stepwise": {"advantage_mode": "stepwise", "sft_coef": 0.0},
     "stepwise_sft": {"advantage_mode": "stepwise", "sft_coef": 0.5},
 }
-STEP_KEYS = ("grade", "intent", "evidence", "reasoning", "verdict")
-SUMMARY_METRICS = (
-    "tail_rule_accuracy",
-    "head_rule_accuracy",
-    "macro_f1",
-    "accuracy",
-    "ndcg@10",
-    "ndcg@10_judged",
-    "grade_entropy",
-    "consistency",
-)
 
 
 @dataclass
@@ -80,7 +69,15 @@ class AfrlStudyConfig:
     explain_sample: int = field(default=8, metadata={"help": "explanations generated per evaluation"})
     explain_tokens: int = field(default=96, metadata={"help": "max tokens of an evaluated explanation"})
     # ------------------------------------------------------------------ rule world
-    rules_model: str = field(default="default-base", metadata={"help": "base model of the rule-world SFT"})
+    rules_model: str = field(
+        default="default-base",
+        metadata={
+            "help": "base model of the rule-world SFT; `scratch`: a small LM built per seed (training/rule_lm.py)"
+        },
+    )
+    rules_scratch: dict[str, int] | str | None = field(
+        default=None, metadata={"help": "training.rule_lm.build_rule_lm sizes (hidden_size, num_layers, vocab_size)"}
+    )
     rules_keep_layers: list[int] | None = field(default=None, metadata={"help": "layer subset (a small model)"})
     rules_instruction_file: str | None = field(default=None, metadata={"help": "guideline (default: contract's)"})
     rules_sft_model: str | None = field(
@@ -104,6 +101,18 @@ class AfrlStudyConfig:
     rl_learning_rate: float = field(default=2e-5, metadata={"help": "RL learning rate"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
     kl_coef: float = field(default=0.0, metadata={"help": "KL to the reference (every RL arm unless overridden)"})
+    scale_rewards: str = field(
+        default="group", metadata={"help": "TRL's advantage scaling: group, batch or none (none keeps reward scale)"}
+    )
+    curve_every: int = field(
+        default=0, metadata={"help": "RL steps between points of the rule-accuracy curve (0: none)"}
+    )
+    curve_head_records: int = field(
+        default=256, metadata={"help": "head-rule dev records in the curve set (every tail-rule record is in it)"}
+    )
+    plot_png: str | None = field(
+        default="training/results/mode_balance_curves.png", metadata={"help": "the curves' plot (rule world)"}
+    )
     sft_coef_schedule: str = field(default="constant", metadata={"help": "mu(t) of arms with sft_coef > 0"})
     step_rewards: dict[str, float] | str | None = field(default=None, metadata={"help": "reward weights"})
     # ------------------------------------------------------------------ TREC DL
@@ -129,6 +138,8 @@ class AfrlStudyConfig:
             self.arms = json.loads(self.arms)
         if isinstance(self.step_rewards, str):
             self.step_rewards = json.loads(self.step_rewards)
+        if isinstance(self.rules_scratch, str):
+            self.rules_scratch = json.loads(self.rules_scratch)
         arms: dict[str, Any] = self.arms if isinstance(self.arms, dict) else DEFAULT_ARMS
         self.arms = dict(arms)
         unknown = set(self.datasets) - {"rules", "trec"}
@@ -156,9 +167,15 @@ def run_rules_sft(config: AfrlStudyConfig, seed: int, out: Path) -> Path:
 
     if (out / "afrl.json").is_file():
         return out
+    model = config.rules_model
+    if model == "scratch":  # SFT seeds vary the initial weights too
+        from training.rule_lm import save_rule_lm
+
+        sizes = config.rules_scratch if isinstance(config.rules_scratch, dict) else {}
+        model = str(save_rule_lm(out.parent / "init_model", seed=seed, **sizes))
     sft = AfrlSFTConfig(
         output_dir=str(out),
-        model=config.rules_model,
+        model=model,
         data=[f"rules:{config.rules_train}:{seed}"],
         keep_layers=config.rules_keep_layers,
         instruction_file=config.rules_instruction_file,
@@ -195,6 +212,7 @@ def rl_config(config: AfrlStudyConfig, init: Path, out: Path, seed: int, spec: d
         learning_rate=config.rl_learning_rate,
         temperature=config.temperature,
         kl_coef=config.kl_coef,
+        scale_rewards=config.scale_rewards,
         sft_coef_schedule=config.sft_coef_schedule,
         step_rewards=dict(config.step_rewards) if isinstance(config.step_rewards, dict) else None,
         logging_steps=1,
@@ -270,11 +288,25 @@ def rl_signals(train_log: Path) -> dict[str, float]:
     return out
 
 
+def curve_callback(config: AfrlStudyConfig, rl: Any, init: Path, dev: list[Any] | None, run_dir: Path) -> Any:
+    """The RuleCurve of one RL run: the curve set of `dev`, scored under the init model's own contract."""
+    from transformers import AutoTokenizer
+
+    from training.rl.trainer import contract_builder
+    from training.study_curve import CURVE_NAME, RuleCurve, curve_records
+
+    assert dev is not None
+    builder, scale = contract_builder(AutoTokenizer.from_pretrained(init), init, rl)
+    records = curve_records(dev, config.curve_head_records)
+    return RuleCurve(records, builder, scale, config.curve_every, run_dir / CURVE_NAME)
+
+
 def run_arm(
     config: AfrlStudyConfig, dataset: str, seed: int, arm: str, init: Path, train: list[Any], dev: list[Any] | None
 ) -> dict[str, Any] | None:
     """Train (unless SFT only) and evaluate one arm; a finished run is read back, not redone."""
     from training.rl.trainer import train_rl
+    from training.study_curve import read_curve
 
     run_dir = Path(config.output_dir) / dataset / f"seed{seed}" / arm
     done = run_dir / "eval.json"
@@ -293,9 +325,14 @@ def run_arm(
         metrics = evaluate_model(config, model_dir, dataset, dev)
         cache.write_text(json.dumps(metrics))
     else:
-        model_dir = train_rl(rl_config(config, init, run_dir, seed, spec, dataset == "trec"), train)
+        rl = rl_config(config, init, run_dir, seed, spec, dataset == "trec")
+        callbacks = (
+            [curve_callback(config, rl, init, dev, run_dir)] if dataset == "rules" and config.curve_every else []
+        )
+        model_dir = train_rl(rl, train, callbacks=callbacks)
         metrics = evaluate_model(config, model_dir, dataset, dev)
         metrics["rl_train"] = rl_signals(model_dir / "train_log.json")
+        metrics["curve"] = read_curve(run_dir)
     metrics |= {"arm": arm, "dataset": dataset, "seed": seed, "model_dir": str(model_dir), "spec": spec}
     run_dir.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(metrics, indent=1))
@@ -313,6 +350,8 @@ def run_arm(
 
 def run_study(config: AfrlStudyConfig) -> Path:
     import torch
+
+    from training.study_report import write_results
 
     runs: list[dict[str, Any]] = []
     if "rules" in config.datasets:
@@ -347,170 +386,6 @@ def run_study(config: AfrlStudyConfig) -> Path:
             trec_runs = [r for r in runs if r["dataset"] == "trec"]
             select_best_teacher([Path(r["model_dir"]) for r in trec_runs], Path(config.best_teacher_dir), trec_runs)
     return write_results(runs, config)
-
-
-def write_results(runs: list[dict[str, Any]], config: AfrlStudyConfig) -> Path:
-    summary = summarise(runs, config)
-    out = Path(config.results_json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=1) + "\n")
-    Path(config.results_md).write_text(render_results(summary, config))
-    log.info("wrote %s and %s (%d runs)", out, config.results_md, len(runs))
-    return out
-
-
-# ----------------------------------------------------------------------------------------------- summary
-
-
-def _stats(values: list[float]) -> dict[str, Any]:
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "n": len(values),
-        "values": values,
-    }
-
-
-def summarise(runs: list[dict[str, Any]], config: AfrlStudyConfig) -> dict[str, Any]:
-    entries = []
-    keys = sorted({(r["dataset"], r["arm"]) for r in runs}, key=lambda k: (k[0], list(config.arm_specs).index(k[1])))
-    for dataset, arm in keys:
-        group = [r for r in runs if r["dataset"] == dataset and r["arm"] == arm]
-        entry: dict[str, Any] = {"dataset": dataset, "arm": arm, "seeds": [r["seed"] for r in group]}
-        entry["spec"] = group[0]["spec"]
-        for metric in SUMMARY_METRICS:
-            values = [float(r[metric]) for r in group if r.get(metric) is not None]
-            if values:
-                entry[metric] = _stats(values)
-        recalls: dict[str, list[float]] = {}
-        for r in group:
-            for g, v in (r.get("per_grade_recall") or {}).items():
-                if v is not None:
-                    recalls.setdefault(str(g), []).append(float(v))
-        entry["per_grade_recall"] = {g: _stats(v) for g, v in sorted(recalls.items())}
-        rules: dict[str, list[float]] = {}
-        for r in group:
-            for name, v in (r.get("per_rule_accuracy") or {}).items():
-                rules.setdefault(name, []).append(float(v))
-        if rules:
-            entry["per_rule_accuracy"] = {n: statistics.fmean(v) for n, v in sorted(rules.items())}
-        signals: dict[str, list[float]] = {}
-        for r in group:
-            for key, v in (r.get("rl_train") or {}).items():
-                signals.setdefault(key, []).append(float(v))
-        if signals:
-            entry["rl_train"] = {k: statistics.fmean(v) for k, v in signals.items()}
-        entries.append(entry)
-    budget = {k: v for k, v in asdict(config).items() if k not in ("results_json", "results_md", "notes_md")}
-    return {"config": budget, "entries": entries, "verdict": verdicts(entries)}
-
-
-def verdicts(entries: list[dict[str, Any]]) -> list[str]:
-    """Plain statements on the central claim, from the numbers: mode-balanced vs plain GRPO on tail rules."""
-    out = []
-    by = {(e["dataset"], e["arm"]): e for e in entries}
-    for dataset in sorted({e["dataset"] for e in entries}):
-        a, b = by.get((dataset, "stepwise_sft")), by.get((dataset, "grpo"))
-        metric = "tail_rule_accuracy" if dataset == "rules" else "ndcg@10"
-        if not a or not b or metric not in a or metric not in b:
-            continue
-        ma, mb = a[metric]["mean"], b[metric]["mean"]
-        spread = max(a[metric]["std"], b[metric]["std"])
-        n = min(a[metric]["n"], b[metric]["n"])
-        if n < 2:
-            word = "is ahead of" if ma > mb else "does NOT beat"
-            caveat = "one seed: no spread, so this is not evidence either way"
-        else:
-            word = "beats" if ma > mb + spread else "is ahead of, within one std of," if ma > mb else "does NOT beat"
-            caveat = f"std up to {spread:.3f}, n = {n} seeds"
-        out.append(f"{dataset}: stepwise_sft {word} plain GRPO on {metric} ({ma:.3f} vs {mb:.3f}; {caveat}).")
-    return out
-
-
-def _cell(entry: dict[str, Any], metric: str) -> str:
-    s = entry.get(metric)
-    if not s:
-        return "-"
-    return f"{s['mean']:.3f} ± {s['std']:.3f}" if s["n"] > 1 else f"{s['mean']:.3f}"
-
-
-def render_results(summary: dict[str, Any], config: AfrlStudyConfig) -> str:
-    c = summary["config"]
-    lines = [
-        "# Training results",
-        "",
-        "Generated by `afrl train study --config <study config>` (training/study.py); every number below comes",
-        "from `training/results/mode_balance.json`, which the same command writes. Do not edit by hand: edit",
-        f"`{config.notes_md}` (appended below) or the config, and re-run.",
-        "",
-        "## Mode balance: does the SFT auxiliary loss keep tail rules alive under RL?",
-        "",
-        "Arms (same RL budget each, all from the same SFT model): "
-        + "; ".join(f"`{k}`: {v if v else 'SFT only'}" for k, v in config.arm_specs.items()),
-        "",
-        f"Budget: rule world {c['rules_train']} train / {c['rules_dev']} dev records per seed, seeds {c['seeds']}, "
-        f"model `{c['rules_model']}` layers {c['rules_keep_layers']}, SFT {c['sft_max_steps']} steps x "
-        f"{c['sft_batch_size']} (grade weight {c.get('sft_grade_loss_weight', 1.0)}); "
-        f"RL {c['rl_max_steps']} steps x {c['rl_prompts_per_step']} prompts x "
-        f"{c['num_generations']} completions (max {c['max_completion_length']} tokens), lr {c['rl_learning_rate']}, "
-        f"shared SFT model across seeds (seeds vary only RL): {c['shared_sft']}, "
-        f"KL {c['kl_coef']}, mu schedule {c['sft_coef_schedule']}."
-        + (
-            f" TREC: {c['trec_rl_max_steps']} RL steps from `{c['trec_sft_model']}`, seeds {c['trec_seeds']}."
-            if "trec" in c.get("datasets", ["trec"])
-            else ""
-        )
-        + " Mean ± std over seeds.",
-        "",
-        "| dataset | arm | seeds run | tail-rule acc | head-rule acc | macro-F1 | accuracy | nDCG@10 "
-        "| nDCG@10 (judged) | grade entropy | expl. consistency |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for e in summary["entries"]:
-        cells = [_cell(e, m) for m in SUMMARY_METRICS]
-        seeds = ", ".join(str(s) for s in e["seeds"])
-        lines.append(f"| {e['dataset']} | {e['arm']} | {seeds} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Per-grade recall (mean over seeds):",
-        "",
-        "| dataset | arm | " + " | ".join(f"grade {g}" for g in range(4)) + " |",
-        "|---|---|---|---|---|---|",
-    ]
-    for e in summary["entries"]:
-        rec = e.get("per_grade_recall", {})
-        lines.append(
-            f"| {e['dataset']} | {e['arm']} | "
-            + " | ".join(f"{rec[str(g)]['mean']:.3f}" if str(g) in rec else "-" for g in range(4))
-            + " |"
-        )
-    trained = [e for e in summary["entries"] if e.get("rl_train")]
-    if trained:
-        cols = ["reward", "frac_reward_zero_std", "grades/invalid", "completions/clipped_ratio", "sft_loss", "kl"]
-        lines += [
-            "",
-            "RL training signals (means over steps and seeds; `frac_reward_zero_std` = share of groups whose "
-            "completions all got the same reward, hence zero advantage):",
-            "",
-            "| dataset | arm | " + " | ".join(cols) + " | step rewards (" + " / ".join(STEP_KEYS) + ") |",
-            "|---|---|" + "---|" * (len(cols) + 1),
-        ]
-        for e in trained:
-            t = e["rl_train"]
-            steps = " / ".join(f"{t[f'step_reward/{n}']:.2f}" for n in STEP_KEYS if f"step_reward/{n}" in t)
-            lines.append(
-                f"| {e['dataset']} | {e['arm']} | "
-                + " | ".join(f"{t[c]:.3f}" if c in t else "-" for c in cols)
-                + f" | {steps} |"
-            )
-    if "trec" not in {e["dataset"] for e in summary["entries"]}:
-        lines += ["", "TREC DL arms: not run by this invocation (see the notes below)."]
-    lines += ["", "### Verdict (computed)", ""]
-    lines += [f"- {v}" for v in summary["verdict"]] or ["- no arms to compare"]
-    notes = Path(config.notes_md) if config.notes_md else None
-    if notes is not None and notes.is_file():
-        lines += ["", notes.read_text().rstrip()]
-    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------------------------- best teacher

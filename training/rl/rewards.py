@@ -6,6 +6,10 @@ Every component is in [0, 1] and belongs to one or more steps (steps.py):
 |------------------|------------------------------|----------------------------------------------------------------|
 | `grade_exact`    | grade                        | 1 if the first line is the gold grade                          |
 | `grade_distance` | grade                        | 1 - abs(pred - gold) / K, 0 if the first line is not a grade   |
+| `grade_share`    | grade                        | `grade_exact` x the share of the record's rule in the rule     |
+|                  |                              | world over the most common rule's (1 for exact_match, 0.035    |
+|                  |                              | for the rarest; 0 without a rule). Off by default: the reward  |
+|                  |                              | that tempts mode-seeking in the mode-balance study (issue 20)  |
 | `format`         | intent, evidence, reasoning, verdict | 1 if the line is "<Field>: <non-empty>" for its field  |
 | `evidence`       | evidence                     | 1 if the quoted Evidence is found in the document              |
 | `rule`           | reasoning                    | 1 if the Reasoning names the record's rule (0 for every        |
@@ -31,6 +35,7 @@ from training.rl.steps import NUM_STEPS, completion_lines
 COMPONENT_STEPS: dict[str, tuple[int, ...]] = {
     "grade_exact": (0,),
     "grade_distance": (0,),
+    "grade_share": (0,),
     "format": (1, 2, 3, 4),
     "evidence": (2,),
     "rule": (3,),
@@ -40,6 +45,7 @@ COMPONENTS = tuple(COMPONENT_STEPS)
 DEFAULT_WEIGHTS: dict[str, float] = {
     "grade_exact": 1.0,
     "grade_distance": 1.0,
+    "grade_share": 0.0,
     "format": 0.25,
     "evidence": 0.5,
     "rule": 0.5,
@@ -61,6 +67,15 @@ def rule_mentions(rule: str) -> list[str]:
     """Forms of a rule name that count as citing it: as written, and with _ or - read as spaces."""
     forms = {rule, rule.replace("_", " "), rule.replace("-", " "), rule.replace("_", "-")}
     return [normalize_for_match(f) for f in forms if f.strip()]
+
+
+def rule_share(rule: str | None) -> float:
+    """A rule-world rule's share of the pairs over the most common rule's (1.0 for the head rule); 0 otherwise:
+    a business metric weighted by traffic, which pays little for getting a rare case right."""
+    from training.rule_world import RULES, RULES_BY_NAME
+
+    known = RULES_BY_NAME.get(rule or "")
+    return known.weight / max(r.weight for r in RULES) if known else 0.0
 
 
 def _field_value(line: str | None, field: str) -> str | None:
@@ -88,6 +103,7 @@ def component_rewards(text: str, gold: Gold, scale: GradeScale) -> dict[str, lis
     if pred is not None:
         out["grade_exact"][0] = float(pred == gold.grade)
         out["grade_distance"][0] = 1.0 - abs(pred - gold.grade) / scale.max_grade
+        out["grade_share"][0] = out["grade_exact"][0] * rule_share(gold.rule)
     values = [_field_value(lines[k], name) for k, name in enumerate(EXPLANATION_FIELDS, start=1)]
     for k, value in enumerate(values, start=1):
         out["format"][k] = float(value is not None)

@@ -245,8 +245,10 @@ def contract_builder(tokenizer: Any, model_dir: Path, config: AfrlGRPOConfig) ->
     return PromptBuilder(tokenizer, instruction, config.max_query_tokens, config.max_document_tokens), GradeScale()
 
 
-def train_rl(config: AfrlGRPOConfig, records: list[Record] | None = None) -> Path:
-    """Run Stepwise-GRPO (or plain GRPO) from `config.model` and write full weights + manifest to output_dir."""
+def train_rl(config: AfrlGRPOConfig, records: list[Record] | None = None, callbacks: list[Any] | None = None) -> Path:
+    """Run Stepwise-GRPO (or plain GRPO) from `config.model` and write full weights + manifest to output_dir.
+
+    `callbacks` are transformers TrainerCallbacks (the study's rule-accuracy curve, training/study_curve.py)."""
     from transformers.trainer_utils import get_last_checkpoint
 
     from afrl.models import load_model
@@ -284,6 +286,7 @@ def train_rl(config: AfrlGRPOConfig, records: list[Record] | None = None) -> Pat
         prompt_ids=prompt_ids,
         gold_ids=gold_ids,
         scale=scale,
+        callbacks=callbacks,
     )
     out = Path(str(config.output_dir))
     last = get_last_checkpoint(str(out)) if out.is_dir() else None
