@@ -38,8 +38,9 @@ def test_summary_has_mean_and_std_over_seeds_and_a_plain_verdict(tmp_path):
     assert grpo["tail_rule_accuracy"]["mean"] == pytest.approx(0.3)
     assert grpo["tail_rule_accuracy"]["std"] == pytest.approx(math.sqrt(0.02))
     assert "ndcg@10" not in grpo  # not defined on the rule world: left out, not zero
-    assert summary["verdict"] and "stepwise_sft vs grpo on tail_rule_accuracy: **no difference detected**" in (
-        summary["verdict"][0]
+    assert (
+        summary["verdict"]
+        and "stepwise_sft vs grpo on tail_rule_accuracy: **no difference detected**" in (summary["verdict"][0])
     )
     table = render_results(summary, config)
     assert "| rules | grpo | 0, 1 | 0.300 ± 0.141 |" in table

@@ -46,7 +46,7 @@ def test_rule_lm_seed_changes_the_weights_not_the_vocabulary():
 def test_rule_lm_refuses_a_width_that_is_not_whole_heads():
     from training.rule_lm import build_rule_lm
 
-    with pytest.raises(ValueError, match="multiple of 64"):
+    with pytest.raises(ValueError, match="multiple of head_dim 64"):
         build_rule_lm(hidden_size=100)
 
 

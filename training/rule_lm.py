@@ -7,7 +7,8 @@ own text (a byte-level BPE of ~1k tokens, so a record is ~3x fewer tokens) and w
 ~50x cheaper per step and learns the rules from its records alone. It is a Qwen3 causal LM like the hub bases, so
 SFT, TRL's GRPO, the scorer and `/explain` treat it exactly as one; only its knowledge is the rule world's.
 
-    python -m training.rule_lm --out runs/rule_lm --seed 0     # tokenizer + random init, a second or two
+    python -m training.rule_lm --out runs/rule_lm --seed 0 \
+        --instruction-file training/configs/study_rules_short_instruction.txt   # tokenizer + random init, seconds
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ from training.rule_world import GUIDELINE, generate_records
 # Seed of the records the tokenizer is trained on: far from every study seed's train (seed) and dev (10_000 + seed)
 # data, and the same for every model, so that seeds vary the weights, not the vocabulary.
 TOKENIZER_SEED = 90_000
-PROMPT_WORDS = ["system", "user", "assistant", "Query:", "Document:", "Intent:", "Evidence:", "Reasoning:", "Verdict:"]
+# The chat template's role lines as the prompt writes them ("\nsystem\n"), so each role is one token.
+TEMPLATE_TEXT = "\nsystem\n\nuser\nQuery:\n\nDocument:\n\nassistant\n"
 
 
 def rule_world_corpus(n_records: int = 4000, instruction: str | None = None) -> list[str]:
     """Text the tokenizer learns its merges from: the guideline, the prompt's labels and seeded records."""
-    texts = [GUIDELINE, " ".join(PROMPT_WORDS)]
+    texts = [GUIDELINE] + [TEMPLATE_TEXT] * 50
     if instruction:
-        texts.append(instruction)
+        texts += [instruction] * 50
     for r in generate_records(n_records, seed=TOKENIZER_SEED):
         texts.append(f"Query:\n{r.query}\n\nDocument:\n{r.document}\n{r.grade}\n{r.explanation}")
     return texts
@@ -40,6 +42,7 @@ def build_rule_lm(
     num_layers: int = 4,
     vocab_size: int = 1024,
     instruction: str | None = None,
+    head_dim: int = 64,
 ) -> tuple[Any, Any]:
     """(model, tokenizer): a random-init Qwen3 causal LM (standard 0.02 init) with a rule-world BPE tokenizer."""
     import torch
@@ -47,10 +50,10 @@ def build_rule_lm(
 
     from afrl.testing import train_bpe_tokenizer
 
-    if hidden_size % 64:
-        raise ValueError(f"hidden_size {hidden_size} must be a multiple of 64 (heads of 64 dimensions)")
-    tok = train_bpe_tokenizer(rule_world_corpus(instruction=instruction), vocab_size)
-    heads = hidden_size // 64
+    if hidden_size % head_dim:
+        raise ValueError(f"hidden_size {hidden_size} must be a multiple of head_dim {head_dim} (whole heads)")
+    tok = train_bpe_tokenizer(rule_world_corpus(instruction=instruction), vocab_size)  # the same for every seed
+    heads = hidden_size // head_dim
     cfg = Qwen3Config(
         vocab_size=len(tok),
         hidden_size=hidden_size,
@@ -58,7 +61,7 @@ def build_rule_lm(
         num_hidden_layers=num_layers,
         num_attention_heads=heads,
         num_key_value_heads=max(1, heads // 2),
-        head_dim=64,
+        head_dim=head_dim,
         max_position_embeddings=1024,
         tie_word_embeddings=True,
         pad_token_id=tok.pad_token_id,
@@ -90,9 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hidden-size", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--vocab-size", type=int, default=1024)
+    ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--instruction-file", help="the instruction the prompts will carry (its words become tokens)")
     args = ap.parse_args(argv)
+    instruction = Path(args.instruction_file).read_text().strip() if args.instruction_file else None
     path = save_rule_lm(
-        args.out, args.seed, hidden_size=args.hidden_size, num_layers=args.layers, vocab_size=args.vocab_size
+        args.out,
+        args.seed,
+        hidden_size=args.hidden_size,
+        num_layers=args.layers,
+        vocab_size=args.vocab_size,
+        instruction=instruction,
+        head_dim=args.head_dim,
     )
     print(path)
     return 0

@@ -172,7 +172,8 @@ def run_rules_sft(config: AfrlStudyConfig, seed: int, out: Path) -> Path:
         from training.rule_lm import save_rule_lm
 
         sizes = config.rules_scratch if isinstance(config.rules_scratch, dict) else {}
-        model = str(save_rule_lm(out.parent / "init_model", seed=seed, **sizes))
+        instruction = Path(config.rules_instruction_file).read_text().strip() if config.rules_instruction_file else None
+        model = str(save_rule_lm(out.parent / "init_model", seed=seed, instruction=instruction, **sizes))
     sft = AfrlSFTConfig(
         output_dir=str(out),
         model=model,
@@ -189,7 +190,10 @@ def run_rules_sft(config: AfrlStudyConfig, seed: int, out: Path) -> Path:
         lr_scheduler_type="cosine",
         warmup_ratio=0.05,
         logging_steps=10,
-        save_strategy="no",
+        # checkpoints, so that a study stopped mid-SFT resumes there (train_sft resumes from the last one)
+        save_strategy="steps",
+        save_steps=max(50, config.sft_max_steps // 6),
+        save_total_limit=1,
         report_to="none",
         use_cpu=True,
         bf16=False,
