@@ -1,6 +1,7 @@
 """Exports the benchmarks need, built once and cached: they cost minutes, the measurements should not wait on them.
 
-* the benchmarked model as ONNX: fp32 scorer, dynamic INT8 scorer and the KV-cache decoder (the service's onnx
+* the benchmarked model as ONNX: fp32 scorer, dynamic INT8 scorer (per-channel weight scales, as `--backend auto`
+  builds it) and the KV-cache decoder (the service's onnx
   backend loads it), through `export.pipeline.export_scorer_model`, the same code as `afrl export`;
 * the random-weight Qwen3-0.6B-architecture scorer of `export.prod_size` (or a shrunk one with `--quick`).
 
@@ -34,6 +35,7 @@ def _export_options(out: Path, decoder: bool, threads: int, check_pairs: int, fp
     return ExportOptions(
         out=out,
         int8=True,
+        int8_per_channel=True,  # what `afrl serve --backend auto` builds (service/backend_choice.py)
         fp16=fp16,
         int8_min_agreement=0.0,  # the gate is measured and recorded, not enforced: see the module docstring
         int8_max_score_delta=1.0,
@@ -51,7 +53,7 @@ def onnx_export(spec: str, cache: Path, threads: int, check_pairs: int = 4, fp16
     from afrl.models import resolve
 
     source = resolve(spec)
-    stamp = {"spec": spec, **source_fingerprint(source)}
+    stamp = {"spec": spec, **source_fingerprint(source), "int8": "per-channel"}
     if fp16:
         stamp["fp16"] = True
     folder = cache / f"onnx-{source.name}-{slug(stamp)}"
@@ -95,6 +97,7 @@ def qwen3_export(cache: Path, threads: int, shrunk: bool) -> Path:
     """The random-weight Qwen3-0.6B-architecture scorer as ONNX (fp32 + INT8, no decoder), built once."""
     cfg = qwen3_config(shrunk)
     stamp = {"model": "random qwen3-0.6b architecture", "config": cfg, "cache_version": CACHE_VERSION}
+    stamp["int8"] = "per-channel"
     folder = cache / f"qwen3-0.6b-arch-{slug(stamp)}"
     if cached(folder, stamp):
         log.info("bench: reusing the Qwen3-0.6B-architecture export in %s", folder)

@@ -145,6 +145,7 @@ def test_study_from_a_scratch_model_writes_curves_and_the_plot(tmp_path):
     md = (tmp_path / "RESULTS.md").read_text()
     assert "![tail- and head-rule accuracy over RL steps, per arm](plots/curves.png)" in md
     assert "stepwise_sft vs grpo" in md
+    assert "| exact_match | head |" in md and "| unit_conversion | tail |" in md  # the per-rule table
 
 
 def test_render_only_rewrites_results_from_finished_runs_without_training(tmp_path):

@@ -91,6 +91,23 @@ def _model_size(c: dict[str, Any]) -> str:
     return f"layers {c['rules_keep_layers']}"
 
 
+def _per_rule_lines(summary: dict[str, Any]) -> list[str]:
+    """Accuracy per rule (mean over seeds), head rules first: which rules an arm knows, keeps or loses."""
+    from training.rule_world import HEAD_RULES, TAIL_RULES
+
+    rows = [e for e in summary["entries"] if e.get("per_rule_accuracy")]
+    if not rows:
+        return []
+    arms = [f"{e['dataset']}/{e['arm']}" for e in rows]
+    lines = ["", "Accuracy per rule (mean over seeds):", "", "| rule | kind | " + " | ".join(arms) + " |"]
+    lines.append("|---|---|" + "---|" * len(arms))
+    for kind, names in (("head", HEAD_RULES), ("tail", TAIL_RULES)):
+        for rule in names:
+            cells = [f"{e['per_rule_accuracy'][rule]:.2f}" if rule in e["per_rule_accuracy"] else "-" for e in rows]
+            lines.append(f"| {rule} | {kind} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _ci_cell(s: dict[str, Any] | None) -> str:
     if not s:
         return "-"
@@ -209,6 +226,7 @@ def render_results(summary: dict[str, Any], config: AfrlStudyConfig, plot: Path 
     if "trec" not in {e["dataset"] for e in summary["entries"]}:
         lines += ["", "TREC DL arms: not run by this invocation (see the notes below)."]
     lines += _interval_lines(summary)
+    lines += _per_rule_lines(summary)
     if plot is not None:
         rel = os.path.relpath(plot, Path(config.results_md).parent)
         lines += ["", f"![tail- and head-rule accuracy over RL steps, per arm]({rel})"]
