@@ -88,15 +88,17 @@ def test_study_command_end_to_end_on_a_tiny_model(tmp_path):
         max_completion_length=8,
         explain_sample=1,
         explain_tokens=8,
+        curve_every=1,
         results_json=str(tmp_path / "mode_balance.json"),
         results_md=str(tmp_path / "RESULTS.md"),
         notes_md=None,
-        plot_png=None,
+        plot_png=str(tmp_path / "curves.png"),
     )
     run_study(config)
     summary = json.loads((tmp_path / "mode_balance.json").read_text())
     arms = [e["arm"] for e in summary["entries"]]
     assert arms == ["sft", "grpo", "stepwise", "stepwise_sft"]
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"  # the four arms' JSON, table and plot
     for e in summary["entries"]:
         assert {"tail_rule_accuracy", "head_rule_accuracy", "macro_f1", "grade_entropy"} <= set(e)
     assert (tmp_path / "study" / "rules" / "seed0" / "grpo" / "afrl.json").is_file()
