@@ -33,7 +33,6 @@ def train_bpe_tokenizer(corpus: list[str], vocab_size: int) -> Any:
     (byte level), digits stay single tokens unless the corpus merges them, and the AFRL contract works as with
     a hub tokenizer. Used for the test tokenizer and for from-scratch study models (training/rule_lm.py)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -45,6 +44,13 @@ def train_bpe_tokenizer(corpus: list[str], vocab_size: int) -> Any:
         show_progress=False,
     )
     tok.train_from_iterator(corpus, trainer=trainer)
+    return _fast_tokenizer(tok)
+
+
+def _fast_tokenizer(tok: Any) -> Any:
+    """A transformers tokenizer over a `tokenizers.Tokenizer`, with the AFRL special tokens and ChatML template."""
+    from transformers import PreTrainedTokenizerFast
+
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -65,18 +71,8 @@ def _tokenizer_json() -> str:
 
 def tiny_tokenizer() -> Any:
     from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
 
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(_tokenizer_json()),
-        eos_token="<|im_end|>",
-        pad_token="<|pad|>",
-        bos_token=None,
-        unk_token=None,
-        model_input_names=["input_ids", "attention_mask"],
-    )
-    tok.chat_template = CHATML_TEMPLATE
-    return tok
+    return _fast_tokenizer(Tokenizer.from_str(_tokenizer_json()))
 
 
 def tiny_config(arch: str, vocab_size: int, num_layers: int = 2) -> Any:

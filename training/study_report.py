@@ -58,12 +58,14 @@ def summarise(runs: list[dict[str, Any]], config: AfrlStudyConfig) -> dict[str, 
             have = [r for r in group if r.get(metric) is not None]
             if have:
                 entry[metric] = stats([float(r[metric]) for r in have], [r["seed"] for r in have])
-        recalls: dict[str, list[float]] = {}
+        recalls: dict[str, list[tuple[int, float]]] = {}
         for r in group:
             for g, v in (r.get("per_grade_recall") or {}).items():
                 if v is not None:
-                    recalls.setdefault(str(g), []).append(float(v))
-        entry["per_grade_recall"] = {g: stats(v, range(len(v))) for g, v in sorted(recalls.items())}
+                    recalls.setdefault(str(g), []).append((r["seed"], float(v)))
+        entry["per_grade_recall"] = {
+            g: stats([v for _, v in sv], [s for s, _ in sv]) for g, sv in sorted(recalls.items())
+        }
         rules: dict[str, list[float]] = {}
         for r in group:
             for name, v in (r.get("per_rule_accuracy") or {}).items():

@@ -39,25 +39,21 @@ def t_interval(mean: float, std: float, n: int, level: float = LEVEL) -> tuple[f
 
 
 def paired_difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
-    """a - b over the seeds both have: mean, interval and n; None when fewer than one seed is shared."""
+    """`stats` of a - b over the seeds both have (interval None at one seed); None when no seed is shared."""
     va = dict(zip(a["seeds"], a["values"], strict=True))
     vb = dict(zip(b["seeds"], b["values"], strict=True))
     shared = sorted(set(va) & set(vb))
     if not shared:
         return None
-    diffs = [va[s] - vb[s] for s in shared]
-    mean = statistics.fmean(diffs)
-    std = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
-    lo, hi = t_interval(mean, std, len(diffs))
-    return {"mean": mean, "ci": [lo, hi], "n": len(diffs), "seeds": shared}
+    return stats([va[s] - vb[s] for s in shared], shared)
 
 
 def _describe(name_a: str, name_b: str, metric: str, d: dict[str, Any]) -> str:
-    lo, hi = d["ci"]
-    if d["n"] < 2:
+    if d["ci"] is None:
         return (
             f"{name_a} - {name_b} on {metric}: {d['mean']:+.3f} at one seed; no interval, so not evidence either way."
         )
+    lo, hi = d["ci"]
     if lo > 0:
         word = "higher"
     elif hi < 0:
