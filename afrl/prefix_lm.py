@@ -138,24 +138,22 @@ def greedy_continuation(
     """Greedy token ids after a one-row prompt, stopping at an end token (not included) or the length limit. With
     `grade_ids`, the first token is the argmax grade, as the service's `/explain` writes it (a student distilled
     on grade logits alone never learned the rest of the vocabulary's scores at that position). A `constraint`
-    (`afrl.explanation_constraint.ExplanationConstraint`) keeps the Evidence quote and the Verdict to the contract."""
+    (`afrl.explanation_constraint.ExplanationConstraint`) keeps the explanation to the contract's shape; the loop
+    is `afrl.explanation_constraint.decode_explanation`, the one the service's backends use."""
+    from afrl.explanation_constraint import decode_explanation
+
     logits, past = prompt_pass(model, input_ids)
-    tokens: list[int] = []
-    while len(tokens) < max_new_tokens:
-        if not tokens and grade_ids is not None:
-            token = list(grade_ids)[int(logits[0][list(grade_ids)].argmax())]
-            if constraint is not None:
-                constraint.advance(token)
-        elif constraint is not None:
-            token = constraint.pick(logits[0])
-        else:
-            token = int(logits[0].argmax())
-        if token in eos_ids:
-            break
-        tokens.append(token)
-        if len(tokens) < max_new_tokens:
-            logits, past = step_pass(model, torch.tensor([[token]], device=input_ids.device), past)
-    return tokens
+    ids = list(grade_ids) if grade_ids is not None else None
+    first = ids[int(logits[0][ids].argmax())] if ids is not None else int(logits[0].argmax())
+    if first in eos_ids:
+        return []
+    state = {"past": past}
+
+    def step(token: int) -> torch.Tensor:
+        out, state["past"] = step_pass(model, torch.tensor([[token]], device=input_ids.device), state["past"])
+        return out[0]
+
+    return list(decode_explanation(first, step, max_new_tokens, eos_ids, constraint))
 
 
 def build_prefix_lm_base(encoder_dir: str | Path, out_dir: str | Path) -> Path:

@@ -113,12 +113,13 @@ def test_the_torch_backend_explains_a_prefix_lm_after_its_own_score(tiny_bert):
     np_ref = scorer.logits_for_prompts([prompts[0]]).numpy()[0]
     assert abs(score.logits - np_ref).max() < 1e-4
     text = "".join(e.text for e in events if isinstance(e, TextDelta))
-    grade = str(int(np_ref.argmax()))
-    prompt_ids = torch.tensor([[*prompts[0].input_ids, tok.convert_tokens_to_ids(grade)]])
+    from afrl.explanation_constraint import ExplanationConstraint
     from afrl.prefix_lm import greedy_continuation
 
-    rest = greedy_continuation(model, prompt_ids, 5, set())
-    full = tok.decode([tok.convert_tokens_to_ids(grade), *rest], skip_special_tokens=True)
+    constraint = ExplanationConstraint.for_prompt(tok, prompts[0], budget=6)
+    tokens = greedy_continuation(model, torch.tensor([prompts[0].input_ids]), 6, set(), scorer.grade_ids, constraint)
+    assert tokens[0] == scorer.grade_ids[int(np_ref.argmax())]  # the explanation starts with the score's grade
+    full = tok.decode(tokens, skip_special_tokens=True)
     # the stream holds back a trailing incomplete UTF-8 character (a byte-level token of the random tiny model),
     # which a one-shot decode shows as U+FFFD
     assert text == full or (full == text + "\ufffd" and len(text) > 1)
@@ -128,6 +129,7 @@ def test_eval_explains_a_prefix_lm_with_the_prefix_mask(tiny_bert):
     """`afrl eval`'s explanation sample decodes a prefix LM through the bidirectional prompt pass, not
     `generate` (which would read the prompt causally): each completion is the argmax grade, as `/explain` writes
     it, then the greedy continuation under the prefix mask."""
+    from afrl.explanation_constraint import ExplanationConstraint
     from afrl.prefix_lm import greedy_continuation
     from training.data import Record
     from training.evaluate import explanation_consistency
@@ -140,8 +142,11 @@ def test_eval_explains_a_prefix_lm_with_the_prefix_mask(tiny_bert):
     for s in samples:
         r = records[int(s["id"])]
         ids = torch.tensor([scorer.builder.build(r.query, r.document).input_ids])
-        expected = greedy_continuation(model, ids, 4, {tok.eos_token_id}, scorer.grade_ids)
-        assert s["completion"] == tok.decode(expected, skip_special_tokens=True)
+        free = greedy_continuation(model, ids, 4, {tok.eos_token_id}, scorer.grade_ids)
+        assert s["free_completion"] == tok.decode(free, skip_special_tokens=True)
+        constraint = ExplanationConstraint.for_prompt(tok, scorer.builder.build(r.query, r.document), budget=4)
+        served = greedy_continuation(model, ids, 4, {tok.eos_token_id}, scorer.grade_ids, constraint)
+        assert s["completion"] == tok.decode(served, skip_special_tokens=True)
 
 
 def test_a_prefix_lm_base_from_a_bert_encoder_keeps_the_contract(tmp_path):

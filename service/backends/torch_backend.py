@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from afrl.contract import Prompt
-from afrl.explanation_constraint import ExplanationConstraint
+from afrl.explanation_constraint import ExplanationConstraint, decode_explanation
 from afrl.hardware import cpu_has_native_bf16
 from afrl.prefix_lm import end_token_ids, is_prefix_lm, prompt_pass, step_pass
 from afrl.scorer import (
@@ -178,34 +178,36 @@ class TorchBackend:
             g = logits[0].float()[self.grade_ids]
             yield ScoreStep(g.cpu().numpy())
             # The first token is the argmax grade, so the explanation always follows the score that was sent; the
-            # Evidence and the Verdict are kept to the contract (afrl.explanation_constraint), as afrl eval decodes.
-            token = self.grade_ids[int(g.argmax()) if grade is None else grade]
-            constraint = ExplanationConstraint.for_prompt(self.tokenizer, prompt)
-            if constraint is not None:
-                constraint.advance(token)
+            # rest is kept to the contract's shape (afrl.explanation_constraint), as afrl eval decodes.
+            first = self.grade_ids[int(g.argmax()) if grade is None else grade]
+            constraint = ExplanationConstraint.for_prompt(self.tokenizer, prompt, budget=max_new_tokens)
+            state = {"past": past}
+
+            def step(token: int) -> torch.Tensor:
+                ids = torch.tensor([[token]], dtype=torch.long, device=self.device)
+                out, state["past"] = step_pass(self.model, ids, state["past"])
+                return out[0]
+
             generated: list[int] = []
             emitted = ""
-            reason = "length"
-            for _ in range(max_new_tokens):
+            reason = "eos"
+            for token in decode_explanation(first, step, max_new_tokens, self.eos_ids, constraint):
                 generated.append(token)
                 text = self.tokenizer.decode(generated, skip_special_tokens=True)
                 # Hold back an incomplete multi-byte character until its last byte arrives.
                 if not text.endswith("\ufffd") and len(text) > len(emitted):
                     yield TextDelta(text[len(emitted) :], tokens=1)
                     emitted = text
-                elif len(generated) > 0:
+                else:
                     yield TextDelta("", tokens=1)
-                if len(generated) >= max_new_tokens:
-                    break
                 if stop.is_set():
                     reason = "cancelled"
                     break
-                step = torch.tensor([[token]], dtype=torch.long, device=self.device)
-                logits, past = step_pass(self.model, step, past)
-                token = constraint.pick(logits[0]) if constraint is not None else int(logits[0].argmax())
-                if token in self.eos_ids:
-                    reason = "eos"
-                    break
-            if stop.is_set() and reason != "eos":
-                reason = "cancelled"
+            else:
+                reason = "length" if len(generated) >= max_new_tokens and not _finished(constraint) else "eos"
         yield StreamEnd(reason)
+
+
+def _finished(constraint: ExplanationConstraint | None) -> bool:
+    """Whether a constrained explanation reached its end (the Verdict written) rather than its length limit."""
+    return constraint is not None and constraint.state in ("end", "done")
