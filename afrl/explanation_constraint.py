@@ -69,7 +69,9 @@ def vocab_classes(tokenizer: Any) -> tuple[frozenset[int], frozenset[int], froze
     whitespace after their last line break; tokens with a line break and then text; tokens a free field may not start
     with: whitespace only, or special)."""
     texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-    clean, dirty, blank = set(), set(), set(getattr(tokenizer, "all_special_ids", ()))
+    clean: set[int] = set()
+    dirty: set[int] = set()
+    blank: set[int] = set(getattr(tokenizer, "all_special_ids", ()))
     for i, text in enumerate(texts):
         lines = (text + "x").splitlines()  # str.splitlines' breaks (also \r, \x0c, \u2028...), as parse_completion's
         if len(lines) > 1:
@@ -101,7 +103,9 @@ class ExplanationConstraint:
         self.budget = budget
         self.clean_breaks, self.dirty_breaks, self.blank = vocab_classes(tokenizer)
         self.special = frozenset(getattr(tokenizer, "all_special_ids", ()))
-        self.labels = {text: tokenizer.encode(text, add_special_tokens=False) for kind, text in _PLAN if kind == "label"}
+        self.labels = {
+            text: tokenizer.encode(text, add_special_tokens=False) for kind, text in _PLAN if kind == "label"
+        }
         self.tokens: list[int] = []  # every token so far, the first-token grade first
         self.step = 0  # index into _PLAN
         self.written = 0  # tokens of the current step so far
@@ -278,9 +282,6 @@ def decode_explanation(
         if count >= max_new_tokens or (constraint is not None and constraint.done):
             return
         logits = next_logits(token)
-        if constraint is not None:
-            token = constraint.pick(logits)
-        else:
-            token = int(logits.argmax())
+        token = constraint.pick(logits) if constraint is not None else int(logits.argmax())
         if token in end_ids:
             return

@@ -61,7 +61,7 @@ def iter_logits(logits):
 def test_a_model_that_ignores_the_format_still_gets_a_well_formed_explanation():
     """Fields out of order, a label repeated, no quote: the constraint writes the labels in the contract's order,
     and the Evidence is a verbatim span of the passage whatever the model preferred."""
-    text, parsed, constraint = _explain(tok := tiny_tokenizer(), '\nEvidence: zebra\nIntent: zebra\nIntent: x', "1")
+    text, parsed, constraint = _explain(tiny_tokenizer(), "\nEvidence: zebra\nIntent: zebra\nIntent: x", "1")
     assert parsed.consistent, (text, parsed.errors)
     assert [ln.split(":")[0] for ln in text.splitlines()[1:]] == ["Intent", "Evidence", "Reasoning", "Verdict"]
     assert parsed.fields["Verdict"] == "1" and parsed.evidence_in_document
@@ -118,7 +118,7 @@ def test_an_empty_field_cannot_end_and_a_token_with_text_after_its_line_break_is
 
 def test_line_breaks_are_sorted_into_clean_and_dirty_and_blank_tokens_found():
     class Vocab:
-        texts = ["a", "\n", " \n\n", "b\n", "\nc", "x", "\x0c", "y\u2028z"]  # str.splitlines' breaks too
+        texts = ("a", "\n", " \n\n", "b\n", "\nc", "x", "\x0c", "y\u2028z")  # str.splitlines' breaks too
 
         def __len__(self):
             return len(self.texts)

@@ -8,8 +8,8 @@ so the ideal ranking is reachable, and a group without any grade above 0 is left
 equally good). Classification metrics use the judged pairs; the predicted grade is the argmax of the grade
 distribution, and its probability is the confidence that ECE calibrates. Explanation consistency is measured
 on a small seeded sample generated greedily by the torch model and checked by `afrl.contract.parse_completion`:
-`consistency` as /explain decodes it (`afrl.explanation_constraint`: the contract's labels in order, Evidence quoted from the passage, Verdict
-= the first token), `consistency_free` without the constraint (what the model writes on its own).
+`consistency` as /explain decodes it (`afrl.explanation_constraint`: the contract's labels in order, Evidence
+quoted from the passage, Verdict = the first token), `consistency_free` without the constraint (the model alone).
 
 Library entry points (the RL study calls these): `evaluate_records`, `evaluate_trec`, `write_report`.
 The command line is `afrl eval` (training/eval_cli.py).
@@ -84,7 +84,7 @@ def explanation_consistency(
     """Fraction of greedy explanations that parse as consistent, over a seeded sample of the records. Each is
     decoded as the service's /explain writes it (`afrl.prefix_lm.greedy_continuation`): the argmax grade first,
     then greedy tokens kept to the contract's shape (`afrl.explanation_constraint`: labels, quote, Verdict), for
-    causal and prefix LMs alike. Each sample also carries the free decoding (`free_consistent`), the model's own rate."""
+    causal and prefix LMs alike. Each sample also carries the free decoding (`free_consistent`), the model's rate."""
     import torch
     from tqdm.auto import tqdm
 
