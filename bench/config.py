@@ -46,8 +46,10 @@ class BenchConfig:
     """Their length in characters (MS MARCO passages)."""
     rerank_requests: int = 12
     """Sequential timed /rerank requests (after `warmup` untimed ones)."""
+    explain_pairs: int = 8
+    """Pairs each backend explains in `explain` (MS MARCO-length passages, `document_chars`)."""
     skip: tuple[str, ...] = ()
-    """Items to leave out: answer_first, backends, roofline, prefix, service, qwen3, models, rerank100."""
+    """Items to leave out: answer_first, backends, roofline, prefix, service, qwen3, models, rerank100, explain."""
 
     @classmethod
     def quick_for(cls, **kw: Any) -> BenchConfig:
@@ -57,7 +59,7 @@ class BenchConfig:
         base: dict[str, Any] = dict(
             quick=True, warmup=1, repeats=2, budget_s=5.0, batch=32, prompt_tokens=224, explanation_tokens=8,
             prefix_documents=12, prefix_instruction_tokens=220, prefix_prompt_tokens=340, service_seconds=1.0,
-            service_prompt_tokens=224, qwen3_batch=4, qwen3_tokens=32, rerank_requests=3,
+            service_prompt_tokens=224, qwen3_batch=4, qwen3_tokens=32, rerank_requests=3, explain_pairs=2,
         )  # fmt: skip
         base.update(kw)
         return cls(**base)

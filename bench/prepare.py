@@ -53,7 +53,7 @@ def onnx_export(spec: str, cache: Path, threads: int, check_pairs: int = 4, fp16
     from afrl.models import resolve
 
     source = resolve(spec)
-    stamp = {"spec": spec, **source_fingerprint(source), "int8": "per-channel"}
+    stamp = {"spec": spec, **source_fingerprint(source), "int8": "per-channel", "decoder": "prefix-lm too"}
     if fp16:
         stamp["fp16"] = True
     folder = cache / f"onnx-{source.name}-{slug(stamp)}"

@@ -27,6 +27,8 @@ LABELS = {
     "onnx_server_rss_mb": "7. Server peak RSS (MB), onnx backend",
     "default_speedup_vs_previous": "8. Default model over the previous default (pairs/s)",
     "rerank100_p50_s": "9. /rerank of 100 documents over HTTP, p50 (s)",
+    "explain_well_formed": "10. /explain well-formed (the lower of the backends)",
+    "explain_onnx_total_s_p50": "10. /explain on the ONNX backend, whole explanation p50 (s)",
 }
 
 
@@ -337,6 +339,50 @@ def rerank_section(item: dict[str, Any]) -> str:
     )
 
 
+def explain_section(item: dict[str, Any]) -> str:
+    rows = [
+        [
+            name,
+            r["score_ms_p50"],
+            r["first_text_ms_p50"],
+            r["total_s_p50"],
+            r["total_s_max"],
+            r["tokens_mean"],
+            r["tokens_per_s"],
+            fmt(r["well_formed"]),
+            fmt(r["same_text_as_first"]),
+        ]
+        for name, r in item["backends"].items()
+    ]
+    example = next(iter(item["backends"].values()))["example"]
+    return (
+        f"{item['pairs']} pairs of MS MARCO length (about {fmt(item['prompt_tokens_mean'])} prompt tokens), each "
+        f"explained by each backend in this process through `Backend.explain` (no HTTP), greedy, at most "
+        f"{item['max_new_tokens']} tokens, under the explanation constraint (`afrl.explanation_constraint`: the "
+        "contract's labels in order, the Evidence a quote of the passage, the Verdict the first token). "
+        "Well-formed: `afrl.contract.parse_completion` accepts it, which that decoding guarantees whenever the "
+        "budget fits; it says nothing of the words inside the fields. Same text: equal to the "
+        f"`{item['first_backend']}` row's.\n\n"
+        + table(
+            [
+                "backend",
+                "score ms",
+                "first text ms",
+                "total s (p50)",
+                "total s (max)",
+                "tokens",
+                "tokens/s",
+                "well-formed",
+                "same text",
+            ],
+            rows,
+        )
+        + "\n\nThe first explanation, as written:\n\n```text\n"
+        + example
+        + "\n```"
+    )
+
+
 SECTIONS = [
     ("answer_first", "1. Answer-first against reason-first", answer_first_section),
     ("backends", "2. Backends", backends_section),
@@ -347,6 +393,7 @@ SECTIONS = [
     ("service", "7. Server memory", memory_section),
     ("models", "8. Default model against the previous default", models_section),
     ("rerank100", "9. /rerank of 100 documents", rerank_section),
+    ("explain", "10. /explain on each backend", explain_section),
 ]
 
 
@@ -370,7 +417,7 @@ def items_markdown(data: dict[str, Any], level: str = "##", only_measured: bool 
 
 
 def gpu_section(gpu: dict[str, Any] | None) -> list[str]:
-    out = ["## 10. GPU (CUDA and TensorRT, fp16)\n"]
+    out = ["## 11. GPU (CUDA and TensorRT, fp16)\n"]
     if gpu is None:
         out.append(
             "**Not run.** `bench/gpu.py` runs items 1-4 and 6 with onnxruntime's CUDA and TensorRT execution "

@@ -1,4 +1,4 @@
-"""One benchmark run: prepare the exports, run items 1-9 in order, and collect one JSON-ready dict.
+"""One benchmark run: prepare the exports, run items 1-10 in order, and collect one JSON-ready dict.
 
 When every item that needs the exports and the loaded backends (1-7) is skipped, neither is prepared: `--skip`
 of those leaves a run of `models` and `rerank100` only, which load their own models.
@@ -43,10 +43,12 @@ HEADLINES: dict[str, tuple[str, str | None, float | None]] = {
     "onnx_server_rss_mb": ("service", "<=", 800.0),
     "default_speedup_vs_previous": ("models", ">=", 5.0),
     "rerank100_p50_s": ("rerank100", "<=", 2.0),
+    "explain_well_formed": ("explain", ">=", 0.9),
+    "explain_onnx_total_s_p50": ("explain", None, None),
 }
 CORE_ITEMS = ("backends", "answer_first", "roofline", "prefix", "service", "qwen3")
 """The items that share the ONNX exports and the torch backends of `--model` loaded at the start."""
-ITEMS = (*CORE_ITEMS, "models", "rerank100")
+ITEMS = (*CORE_ITEMS, "models", "rerank100", "explain")
 
 
 def target_met(value: float | None, op: str | None, target: float | None) -> bool | None:
@@ -127,7 +129,16 @@ def run(cfg: BenchConfig, command: str = "afrl bench") -> dict[str, Any]:
     gc.collect()  # the backends of items 1-7 are gone; items 8 and 9 load their own models
     run.item("models", lambda: models.bench_models(cfg))
     run.item("rerank100", lambda: rerank.bench_rerank(cfg, cache))
+    run.item("explain", lambda: explain_item(cfg, cache))
     return run.finish(time.perf_counter() - started)
+
+
+def explain_item(cfg: BenchConfig, cache: Path) -> dict[str, Any]:
+    """Item 10 on the torch backend and the model's ONNX export (the one items 1-7 use, built once)."""
+    from bench.explain import bench_explain
+    from bench.prepare import onnx_export
+
+    return bench_explain(cfg, onnx_export(cfg.model, cache, cfg.threads))
 
 
 def core_items(run: Run, cfg: BenchConfig, cache: Path) -> None:

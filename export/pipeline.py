@@ -2,7 +2,9 @@
 
 Stages (each logged with its time): load the torch reference scorer; export the sliced scorer; fp32 parity on
 the check pairs with both padding sides (fails the export above 1e-4); optional fp16 and INT8 graphs (INT8 only
-behind its gate); the KV-cache decoder with a greedy-equality check against transformers; tokenizer; manifest.
+behind its gate); the KV-cache decoder with a greedy-equality check against transformers (a prefix LM's own
+decoder graph, export/prefix_decoder.py, checked against the torch path and removed if it fails); tokenizer;
+manifest.
 
 The manifest is written last: a folder whose export failed has no `afrl.json`, so no loader accepts it. When only
 the INT8 gate refuses, the fp32 export is complete and kept (its manifest records the refused figures), and the
@@ -12,7 +14,6 @@ call still fails so that a pipeline that asked for INT8 notices.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import shutil
 import time
@@ -26,9 +27,9 @@ import numpy as np
 from afrl.manifest import MANIFEST_NAME, Manifest
 from afrl.prefix_lm import is_prefix_lm
 from afrl.scorer import TorchScorer
-from export import graphs, parity, variants
+from export import graphs, parity, prefix_decoder, variants
 from export.check_pairs import load_check_pairs
-from export.runtime import OnnxGenerator, make_session, session_grade_logits
+from export.runtime import OnnxGenerator, OnnxPrefixGenerator, make_session, session_grade_logits
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,41 @@ def decoder_matches(scorer: TorchScorer, out: Path, prompt_ids: list[int], token
     return ours == ref
 
 
+PREFIX_DECODER_TOLERANCE = 1e-2  # max |logit| difference, ONNX against torch, on the prompt and each greedy step
+
+
+def prefix_decoder_check(
+    scorer: TorchScorer, out: Path, prompts: list[list[int]], tokens: int, threads: int | None
+) -> dict[str, Any]:
+    """The prefix-LM decoder graph against torch (`afrl.prefix_lm.prompt_pass` / `step_pass`) on real prompts:
+    the greedy tokens of both, and the largest logit difference along torch's greedy path."""
+    import torch
+
+    from afrl.prefix_lm import end_token_ids, prompt_pass, step_pass
+
+    generator = OnnxPrefixGenerator.from_dir(out, threads=threads, verify=False)
+    eos = end_token_ids(scorer.model, scorer.tokenizer)
+    equal, worst = True, 0.0
+    for ids in prompts:
+        ours = generator.generate(ids, max_new_tokens=tokens)
+        ref: list[int] = []
+        with torch.inference_mode():
+            logits, past = prompt_pass(scorer.model, torch.tensor([ids]))
+            onnx_logits, state = generator.prefill(ids)
+            for _ in range(tokens):
+                worst = max(worst, float(np.abs(onnx_logits - logits[0].float().numpy()).max()))
+                token = int(logits[0].argmax())
+                if token in eos:
+                    break
+                ref.append(token)
+                logits, past = step_pass(scorer.model, torch.tensor([[token]]), past)
+                onnx_logits, state = generator.step(token, state)
+        if ours != ref:
+            log.warning("prefix-LM decoder greedy mismatch: onnx %s vs torch %s", ours, ref)
+            equal = False
+    return {"greedy_equal_to_torch": equal, "max_logit_diff": worst, "new_tokens": tokens, "prompts": len(prompts)}
+
+
 def export_scorer_model(scorer: TorchScorer, base_model: str, opts: ExportOptions) -> Manifest:
     """Export a loaded torch scorer into `opts.out`; see the module docstring for the stages."""
     out = Path(opts.out)
@@ -158,22 +194,36 @@ def export_scorer_model(scorer: TorchScorer, base_model: str, opts: ExportOption
                 for p in out.glob(variants.INT8_FILE + "*"):
                     p.unlink()
     extra["preferred_scorer"] = "int8" if quantization else "fp32"
-    if opts.decoder and is_prefix_lm(scorer.model):
-        log.warning(
-            "a prefix LM has no ONNX explanation decoder yet (export/graphs.py): this export serves /score and "
-            "/rerank, and /explain answers 501; serve the model folder with --backend torch for explanations"
-        )
-        extra["decoder_skipped"] = "prefix LM: no ONNX decoder export yet; /explain needs the torch backend"
-        opts = dataclasses.replace(opts, decoder=False)
-    if opts.decoder:
+    prefix_lm = is_prefix_lm(scorer.model)
+    decoder_refusal = None
+    if opts.decoder and prefix_lm:
+        with stage("prefix-LM decoder with KV cache (export/prefix_decoder.py)", timings):
+            path = out / graphs.DECODER_DIR / prefix_decoder.DECODER_FILE
+            prefix_decoder.export_prefix_decoder(scorer.model, path, prompts[0].input_ids, opts.opset)
+            extra["decoder"] = f"{graphs.DECODER_DIR}/{prefix_decoder.DECODER_FILE}"
+    elif opts.decoder:
         with stage("decoder with KV cache (optimum text-generation-with-past)", timings):
             graphs.export_decoder(scorer.model, out / graphs.DECODER_DIR, opts.opset)
             extra["decoder"] = f"{graphs.DECODER_DIR}/{graphs.DECODER_FILE}"
     scorer.tokenizer.save_pretrained(out)
     if opts.decoder and opts.decoder_check_tokens:
         with stage("decoder greedy check against transformers", timings):
-            matched = decoder_matches(scorer, out, prompts[0].input_ids, opts.decoder_check_tokens, opts.threads)
-            figures["decoder"] = {"greedy_equal_to_transformers": matched, "new_tokens": opts.decoder_check_tokens}
+            tokens = opts.decoder_check_tokens
+            if prefix_lm:
+                check = prefix_decoder_check(scorer, out, [p.input_ids for p in prompts[:2]], tokens, opts.threads)
+                figures["decoder"] = check
+                if not check["greedy_equal_to_torch"] or check["max_logit_diff"] > PREFIX_DECODER_TOLERANCE:
+                    decoder_refusal = (
+                        f"the prefix-LM decoder graph does not decode as torch does ({check}); it was removed, "
+                        "so this export answers /explain with 501. Report the model and versions; serve the model "
+                        "folder with --backend torch for explanations"
+                    )
+                    shutil.rmtree(out / graphs.DECODER_DIR)
+                    extra.pop("decoder")
+                    extra["decoder_skipped"] = "prefix-LM decoder failed its check against torch"
+            else:
+                matched = decoder_matches(scorer, out, prompts[0].input_ids, tokens, opts.threads)
+                figures["decoder"] = {"greedy_equal_to_transformers": matched, "new_tokens": tokens}
     manifest = Manifest.for_builder(
         scorer.builder,
         scorer.scale,
@@ -186,6 +236,8 @@ def export_scorer_model(scorer: TorchScorer, base_model: str, opts: ExportOption
         extra=extra,
     )
     manifest.write(out)
+    if decoder_refusal is not None:
+        raise parity.ExportError(decoder_refusal + f". The scorer export in {out} is complete and loadable.")
     if refusal is not None:
         raise parity.ExportError(refusal + f". The fp32 export in {out} is complete and loadable.")
     return manifest

@@ -1,9 +1,11 @@
-"""Run an exported AFRL folder without torch: `OnnxScorer` (grades) and `OnnxGenerator` (explanations).
+"""Run an exported AFRL folder without torch: `OnnxScorer` (grades), `OnnxGenerator` and `OnnxPrefixGenerator`
+(explanations; `load_generator` picks the one the export holds).
 
-Both verify the folder's manifest first (every file's sha256 and the contract), so a corrupted or edited export is
+All verify the folder's manifest first (every file's sha256 and the contract), so a corrupted or edited export is
 refused with a message that names the file, never served. The scorer pads internally and reads the grade logits
-that the graph gathers at the last real position; the generator is a small greedy loop over the KV-cache decoder,
-streaming text deltas and stopping at end-of-sequence.
+that the graph gathers at the last real position. The generators expose `prefill` and `step` over their KV-cache
+decoder (optimum's for a causal LM, export/prefix_decoder.py's for a prefix LM): the service decodes through them
+under the explanation constraint, and their plain greedy loop streams text deltas and stops at end-of-sequence.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from typing import Any
 import numpy as np
 
 from afrl.contract import GradeResult, GradeScale, PromptBuilder, result_from_logits
+from afrl.detokenize import text_deltas
 from afrl.manifest import Manifest, ManifestError, load_verified
 from afrl.padding import pad_rows
 
 log = logging.getLogger(__name__)
 
 SCORER_FILES = {"fp32": "scorer.onnx", "int8": "scorer.int8.onnx", "fp16": "scorer.fp16.onnx"}
+PREFIX_DECODER_FILE = "prefix_lm.onnx"  # = export/prefix_decoder.DECODER_FILE (that module imports torch)
 
 
 def make_session(path: Path, providers: Sequence[Any] | None = None, threads: int | None = None) -> Any:
@@ -153,7 +157,57 @@ class OnnxScorer:
         return ranked[:top_k] if top_k is not None else ranked
 
 
-class OnnxGenerator:
+class _GreedyDecoder:
+    """What both decoders share: `prefill(prompt ids)` and `step(token, state)`, each (next-token logits (vocab,),
+    state), and the plain greedy loop over them (the export's check against transformers, gpu_check). The service
+    decodes through `afrl.explanation_constraint.decode_explanation` over the same two calls."""
+
+    tokenizer: Any
+    eos_ids: set[int]
+
+    def prefill(self, input_ids: Sequence[int]) -> tuple[np.ndarray, Any]:
+        raise NotImplementedError
+
+    def step(self, token: int, state: Any) -> tuple[np.ndarray, Any]:
+        raise NotImplementedError
+
+    def generate_ids(self, input_ids: Sequence[int], max_new_tokens: int = 128) -> Iterator[int]:
+        """Token ids chosen greedily, one by one; the end-of-sequence token ends the stream and is not yielded."""
+        if not input_ids:
+            raise ValueError("generation needs a non-empty prompt")
+        logits, state = self.prefill(input_ids)
+        for count in range(max_new_tokens):
+            token = int(logits.argmax())
+            if token in self.eos_ids:
+                return
+            yield token
+            if count + 1 < max_new_tokens:
+                logits, state = self.step(token, state)
+
+    def generate(self, input_ids: Sequence[int], max_new_tokens: int = 128) -> list[int]:
+        return list(self.generate_ids(input_ids, max_new_tokens))
+
+    def generate_stream(self, input_ids: list[int], max_new_tokens: int = 128) -> Iterator[str]:
+        """Decoded text deltas of the greedy continuation (`afrl.detokenize.text_deltas`: a delta is held back
+        while it ends in an incomplete UTF-8 character)."""
+        tokens: list[int] = []
+
+        def recorded() -> Iterator[int]:
+            for token in self.generate_ids(input_ids, max_new_tokens):
+                tokens.append(token)
+                yield token
+
+        sent = ""
+        for delta in text_deltas(self.tokenizer, recorded()):
+            sent += delta
+            if delta:
+                yield delta
+        final = self.tokenizer.decode(tokens, skip_special_tokens=True)  # a tail that never completed, as it is
+        if len(final) > len(sent) and final.startswith(sent):
+            yield final[len(sent) :]
+
+
+class OnnxGenerator(_GreedyDecoder):
     """Greedy generation with the KV-cache decoder (`decoder/model.onnx`, optimum's text-generation-with-past)."""
 
     def __init__(self, session: Any, tokenizer: Any, eos_ids: set[int], manifest: Manifest | None = None) -> None:
@@ -191,46 +245,77 @@ class OnnxGenerator:
         session = make_session(decoder / "model.onnx", providers, threads)
         return cls(session, tokenizer, eos, manifest)
 
-    def generate_ids(self, input_ids: Sequence[int], max_new_tokens: int = 128) -> Iterator[int]:
-        """Token ids chosen greedily, one by one; the end-of-sequence token ends the stream and is not yielded."""
-        if not input_ids:
-            raise ValueError("generation needs a non-empty prompt")
-        ids = np.asarray([list(input_ids)], dtype=np.int64)
+    def _run(self, ids: np.ndarray, past: dict[str, np.ndarray], length: int) -> tuple[np.ndarray, Any]:
+        step = ids.shape[1]
+        feeds: dict[str, np.ndarray] = {
+            "input_ids": ids,
+            "attention_mask": np.ones((1, length + step), dtype=np.int64),
+            **past,
+        }
+        if "position_ids" in self._inputs:
+            feeds["position_ids"] = np.arange(length, length + step, dtype=np.int64)[None]
+        outputs = dict(zip(self._outputs, self.session.run(self._outputs, feeds), strict=True))
+        present = {name: outputs[name.replace("past_key_values.", "present.")] for name in self._past}
+        return outputs["logits"][0, -1], (present, length + step)
+
+    def prefill(self, input_ids: Sequence[int]) -> tuple[np.ndarray, Any]:
         past = {name: np.zeros((1, self._heads, 0, self._head_dim), self._past_dtype) for name in self._past}
-        length = 0
-        for _ in range(max_new_tokens):
-            step = ids.shape[1]
-            feeds: dict[str, np.ndarray] = {
-                "input_ids": ids,
-                "attention_mask": np.ones((1, length + step), dtype=np.int64),
-                **past,
-            }
-            if "position_ids" in self._inputs:
-                feeds["position_ids"] = np.arange(length, length + step, dtype=np.int64)[None]
-            outputs = dict(zip(self._outputs, self.session.run(self._outputs, feeds), strict=True))
-            token = int(outputs["logits"][0, -1].argmax())
-            if token in self.eos_ids:
-                return
-            yield token
-            length += step
-            past = {name: outputs[name.replace("past_key_values.", "present.")] for name in self._past}
-            ids = np.asarray([[token]], dtype=np.int64)
+        return self._run(np.asarray([list(input_ids)], dtype=np.int64), past, 0)
 
-    def generate(self, input_ids: Sequence[int], max_new_tokens: int = 128) -> list[int]:
-        return list(self.generate_ids(input_ids, max_new_tokens))
+    def step(self, token: int, state: Any) -> tuple[np.ndarray, Any]:
+        past, length = state
+        return self._run(np.asarray([[token]], dtype=np.int64), past, length)
 
-    def generate_stream(self, input_ids: list[int], max_new_tokens: int = 128) -> Iterator[str]:
-        """Decoded text deltas. A delta is held back while it ends in an incomplete UTF-8 sequence."""
-        tokens: list[int] = []
-        sent = ""
-        for token in self.generate_ids(input_ids, max_new_tokens):
-            tokens.append(token)
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            if text.endswith("\ufffd"):
-                continue
-            if len(text) > len(sent) and text.startswith(sent):
-                yield text[len(sent) :]
-                sent = text
-        final = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        if len(final) > len(sent) and final.startswith(sent):
-            yield final[len(sent) :]
+
+class OnnxPrefixGenerator(_GreedyDecoder):
+    """Greedy generation with a prefix LM's decoder (`decoder/prefix_lm.onnx`, export/prefix_decoder.py): the
+    prompt pass is a call with an empty cache, each step a call with one token."""
+
+    def __init__(self, session: Any, tokenizer: Any, eos_ids: set[int], manifest: Manifest | None = None) -> None:
+        self.session = session
+        self.tokenizer = tokenizer
+        self.eos_ids = eos_ids
+        self.manifest = manifest
+        keys = {i.name: i for i in session.get_inputs()}.get("keys")
+        if keys is None or [o.name for o in session.get_outputs()] != ["logits", "new_keys", "new_values"]:
+            raise ManifestError("the prefix-LM decoder graph has unexpected inputs or outputs: re-export it")
+        layers, _, heads, _, head_dim = keys.shape
+        self._empty = np.zeros((int(layers), 1, int(heads), 0, int(head_dim)), np.float32)
+
+    @classmethod
+    def from_dir(
+        cls, path: str | Path, providers: list | None = None, threads: int | None = None, verify: bool = True
+    ) -> OnnxPrefixGenerator:
+        path = Path(path)
+        manifest = _verified(path)[1] if verify else None
+        graph = path / "decoder" / PREFIX_DECODER_FILE
+        if not graph.is_file():
+            raise FileNotFoundError(f"{graph} not found: the export was made without the prefix-LM decoder")
+        tokenizer = _load_tokenizer(path)
+        eos = {int(i) for i in (tokenizer.eos_token_id, getattr(tokenizer, "sep_token_id", None)) if i is not None}
+        return cls(make_session(graph, providers, threads), tokenizer, eos, manifest)
+
+    def _run(self, ids: np.ndarray, keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, Any]:
+        logits, keys, values = self.session.run(None, {"input_ids": ids, "keys": keys, "values": values})
+        return logits[0], (keys, values)
+
+    def prefill(self, input_ids: Sequence[int]) -> tuple[np.ndarray, Any]:
+        return self._run(np.asarray([list(input_ids)], dtype=np.int64), self._empty, self._empty)
+
+    def step(self, token: int, state: Any) -> tuple[np.ndarray, Any]:
+        return self._run(np.asarray([[token]], dtype=np.int64), *state)
+
+
+def has_generator(path: str | Path) -> bool:
+    """Whether the export holds an explanation decoder (either kind), without loading it."""
+    decoder = Path(path) / "decoder"
+    return (decoder / PREFIX_DECODER_FILE).is_file() or (decoder / "model.onnx").is_file()
+
+
+def load_generator(
+    path: str | Path, providers: list | None = None, threads: int | None = None, verify: bool = True
+) -> OnnxGenerator | OnnxPrefixGenerator:
+    """The export's explanation decoder, whichever kind it holds; FileNotFoundError when it has none."""
+    if (Path(path) / "decoder" / PREFIX_DECODER_FILE).is_file():
+        return OnnxPrefixGenerator.from_dir(path, providers, threads, verify)
+    return OnnxGenerator.from_dir(path, providers, threads, verify)

@@ -69,7 +69,7 @@ def choose(settings: Settings) -> Choice:
 
     manifest = Manifest.read(folder)
     gate = manifest.parity.get("int8", {})
-    decoder = not manifest.extra.get("decoder_skipped")
+    decoder = "decoder" in manifest.extra
     return Choice(
         "onnx",
         str(folder),
@@ -88,7 +88,7 @@ def int8_export(spec: str, threads: int | None) -> tuple[Path, str | None]:
     from export.pipeline import ExportOptions, export_model
 
     source = resolve(spec)
-    stamp = {"spec": spec, "purpose": "afrl serve --backend auto", **source_fingerprint(source)}
+    stamp = {"spec": spec, "purpose": "afrl serve --backend auto", **source_fingerprint(source), "decoder": 2}
     folder = cache_dir() / "serve" / f"onnx-{source.name}-{slug(stamp)}"
     refused = folder / REFUSED
     if cached(folder, stamp):

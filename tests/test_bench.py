@@ -26,6 +26,8 @@ NEWER_THAN_CPU_JSON = (
     "onnx_server_rss_mb",
     "batching_min_ratio",
     "p99_over_batch_compute_c32",
+    "explain_well_formed",
+    "explain_onnx_total_s_p50",
 )
 
 
@@ -138,7 +140,7 @@ def test_models_and_rerank100_on_tiny_models(tmp_path: Path) -> None:
     previous = save_tiny_model(tmp_path / "tiny-deeper", seed=1, num_layers=4)
     out, md, cache = tmp_path / "bench.json", tmp_path / "BENCHMARKS.md", tmp_path / "cache"
     argv = ["bench", "--model", str(model), "--compare", str(previous), "--quick", "--json", str(out)]
-    argv += ["--markdown", str(md), "--cache-dir", str(cache), "--threads", "1", "--skip", *CORE_ITEMS]
+    argv += ["--markdown", str(md), "--cache-dir", str(cache), "--threads", "1", "--skip", *CORE_ITEMS, "explain"]
     rc = main(argv)
     data = json.loads(out.read_text())
     assert rc == 0, data["errors"]
@@ -173,6 +175,33 @@ def test_models_and_rerank100_on_tiny_models(tmp_path: Path) -> None:
     assert "`default_speedup_vs_previous`" in text and "`rerank100_p50_s`" in text
     assert "3 sequential requests" in text and "one query with 100 documents" in text
     assert f"| {report.fmt(deeper['model_speedup'])} |" in text and "## 2. Backends\n\nNot measured" in text
+
+
+def test_explain_on_a_tiny_prefix_lm_compares_torch_and_onnx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Item 10 alone on a tiny prefix LM: its export (built into the cache) explains through its own decoder graph,
+    the same text as the torch backend (both fp32 here; on a bf16 CPU the service's torch backend is bf16, whose
+    greedy path may differ), every explanation well-formed, and the section renders."""
+    from afrl.testing import save_tiny_model
+
+    monkeypatch.setattr(models, "service_dtype", lambda: "fp32")
+    model = save_tiny_model(tmp_path / "tiny-bert", arch="bert")
+    out, md, cache = tmp_path / "bench.json", tmp_path / "BENCHMARKS.md", tmp_path / "cache"
+    argv = ["bench", "--model", str(model), "--quick", "--json", str(out), "--markdown", str(md)]
+    argv += ["--cache-dir", str(cache), "--threads", "1", "--skip", *CORE_ITEMS, "models", "rerank100"]
+    rc = main(argv)
+    data = json.loads(out.read_text())
+    assert rc == 0, data["errors"]
+    item = data["items"]["explain"]
+    assert list(item["backends"]) == ["torch-fp32", "onnx"] and item["pairs"] == 2
+    for row in item["backends"].values():
+        assert row["well_formed"] == 1.0 and row["end_reasons"] == ["eos"]
+        assert 0 < row["score_ms_p50"] <= row["first_text_ms_p50"] <= 1000 * row["total_s_max"]
+        assert row["tokens_per_s"] > 0 and row["tokens_mean"] <= item["max_new_tokens"]
+    assert item["backends"]["onnx"]["same_text_as_first"] == 1.0  # the same constrained greedy decoding
+    assert data["explain_well_formed"] == 1.0
+    assert data["explain_onnx_total_s_p50"] == item["backends"]["onnx"]["total_s_p50"]
+    text = md.read_text()
+    assert "## 10. /explain on each backend" in text and "| onnx |" in text
 
 
 def test_models_ratio_comes_from_the_measured_figures(monkeypatch: pytest.MonkeyPatch) -> None:

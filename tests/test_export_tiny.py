@@ -161,16 +161,47 @@ def test_decoder_greedy_equals_transformers(exported, arch):
     assert streamed == scorer.tokenizer.decode(ours, skip_special_tokens=True)
 
 
-def test_a_prefix_lm_exports_its_scorer_and_says_why_there_is_no_decoder(exported):
-    """The prefix-LM scorer (bidirectional prompt, BERT head) is the one exported; its parity with torch is in
-    test_onnx_scorer_matches_torch. No decoder is written, the manifest says why, and loading one says so."""
-    out, _, error = exported["bert"]
+def test_a_prefix_lm_exports_a_decoder_that_decodes_as_torch_does(exported):
+    """The prefix-LM export holds its own decoder graph (export/prefix_decoder.py), checked at export against the
+    torch path; loaded, it decodes greedily what `afrl.prefix_lm.greedy_continuation` writes, free and under the
+    explanation constraint alike."""
+    from afrl.explanation_constraint import ExplanationConstraint, decode_explanation
+    from afrl.prefix_lm import end_token_ids, greedy_continuation
+    from export.runtime import OnnxPrefixGenerator, load_generator
+
+    out, scorer, error = exported["bert"]
     manifest = Manifest.read(out)
-    assert error is None and manifest.extra["scorers"] == ["fp32"]
-    assert "prefix LM" in manifest.extra["decoder_skipped"] and "decoder" not in manifest.extra
-    assert not (out / "decoder").exists()
+    assert error is None and manifest.extra["decoder"] == "decoder/prefix_lm.onnx"
+    check = manifest.parity["decoder"]
+    assert check["greedy_equal_to_torch"] is True and check["max_logit_diff"] < 1e-3
+    generator = load_generator(out, threads=1)
+    assert isinstance(generator, OnnxPrefixGenerator)
+    eos = end_token_ids(scorer.model, scorer.tokenizer)
+    for query, document in PAIRS[:2]:
+        prompt = scorer.builder.build(query, document)
+        ids = torch.tensor([prompt.input_ids])
+        with torch.inference_mode():
+            assert generator.generate(prompt.input_ids, 12) == greedy_continuation(scorer.model, ids, 12, eos)
+            torch_constraint = ExplanationConstraint.for_prompt(scorer.tokenizer, prompt, budget=60)
+            served = greedy_continuation(scorer.model, ids, 60, eos, scorer.grade_ids, torch_constraint)
+        _, state = generator.prefill(prompt.input_ids)
+        holder = {"state": state}
+
+        def step(token, holder=holder):
+            row, holder["state"] = generator.step(token, holder["state"])
+            return row
+
+        constraint = ExplanationConstraint.for_prompt(scorer.tokenizer, prompt, budget=60)
+        assert list(decode_explanation(served[0], step, 60, generator.eos_ids, constraint)) == served
+
+
+def test_an_export_without_the_decoder_says_so_when_one_is_loaded(tmp_path):
+    export_scorer_model(_torch_scorer("bert"), "tiny", ExportOptions(out=tmp_path, threads=1, decoder=False))
+    assert "decoder" not in Manifest.read(tmp_path).extra and not (tmp_path / "decoder").exists()
+    from export.runtime import load_generator
+
     with pytest.raises(FileNotFoundError, match="without the decoder"):
-        OnnxGenerator.from_dir(out, threads=1)
+        load_generator(tmp_path, threads=1)
 
 
 def test_export_refuses_a_non_empty_folder(tmp_path):

@@ -1,5 +1,5 @@
 """The shipped `--model default` (afrl/shipped/, issue 15): its manifest verifies and names its teacher, data,
-config and licence; it ranks; and it exports to ONNX as the Docker image builds it (scorer only, no decoder)."""
+config and licence; it ranks; and it exports to ONNX as the Docker image builds it (scorer and decoder)."""
 
 from __future__ import annotations
 
@@ -46,12 +46,13 @@ def test_the_default_ranks_answers_above_off_topic_passages():
 
 
 @pytest.mark.slow
-def test_the_default_exports_its_scorer_with_parity(tmp_path):
+def test_the_default_exports_its_scorer_and_decoder_with_parity(tmp_path):
     from export.pipeline import ExportOptions, export_model
     from export.runtime import OnnxScorer
 
     manifest = export_model("default", ExportOptions(out=tmp_path, max_check_pairs=6, threads=2, optimize=False))
-    assert "prefix LM" in manifest.extra["decoder_skipped"]
+    assert manifest.extra["decoder"] == "decoder/prefix_lm.onnx"  # /explain works in the Docker image
+    assert manifest.parity["decoder"]["greedy_equal_to_torch"] is True
     assert manifest.parity["fp32"]["max_abs_prob_diff"] < 1e-4
     pairs = BUILTIN_PAIRS[:6]
     onnx = np.array([r.probabilities for r in OnnxScorer.from_dir(tmp_path, threads=2).score(pairs)])

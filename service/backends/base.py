@@ -7,13 +7,14 @@ explanation whose first step is the score. All methods are blocking and run in w
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from afrl.contract import GradeScale, Prompt, PromptBuilder
+from afrl.detokenize import text_deltas
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,25 @@ class ExplanationUnavailableError(Exception):
 def can_explain(backend: Any) -> bool:
     """Whether `backend` writes explanations; a backend without the `can_explain` attribute does."""
     return bool(getattr(backend, "can_explain", True))
+
+
+def stream_explanation(
+    tokenizer: Any, tokens: Iterable[int], max_new_tokens: int, stop: threading.Event, constraint: Any = None
+) -> Iterator[TextDelta | StreamEnd]:
+    """The events of an explanation being written: one TextDelta per token (`afrl.detokenize.text_deltas`: empty
+    while a character is incomplete), then StreamEnd, "cancelled" as soon as `stop` is set (no further token is
+    decoded), "length" when `max_new_tokens` ran out before the explanation's end, else "eos". `constraint` (an
+    `afrl.explanation_constraint.ExplanationConstraint`) tells when a constrained explanation is complete."""
+    count, reason = 0, "eos"
+    for count, delta in enumerate(text_deltas(tokenizer, tokens), start=1):  # noqa: B007 (read after the loop)
+        yield TextDelta(delta, tokens=1)
+        if stop.is_set():
+            reason = "cancelled"
+            break
+    else:
+        complete = constraint is not None and constraint.state in ("end", "done")
+        reason = "length" if count >= max_new_tokens and not complete else "eos"
+    yield StreamEnd(reason)
 
 
 @runtime_checkable

@@ -1,30 +1,32 @@
 """The onnxruntime backend: an export folder from `afrl export` (scorer.onnx, the decoder, afrl.json).
 
 Scoring runs the sliced scorer graph (K+1 grade logits at the last real position). The explanation's score
-event comes from that same scorer; the text is the argmax grade token, then the exported decoder's greedy
-continuation (KV cache) one piece per token, with the stop flag checked between pieces. Prefix reuse is not
-available here (the scorer graph has no cache inputs), so `grade_logits_shared_prefix` returns None and the
-batcher takes the plain path.
+event comes from that same scorer; the text is the argmax grade token, then the exported decoder's (KV cache;
+a causal LM's or a prefix LM's, `export.runtime.load_generator`) greedy continuation under the explanation
+constraint, one piece per token, with the stop flag checked between pieces, as the torch backend writes it.
+Prefix reuse is not available here (the scorer graph has no cache inputs), so `grade_logits_shared_prefix`
+returns None and the batcher takes the plain path.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from afrl.contract import Prompt
+from afrl.explanation_constraint import ExplanationConstraint, decode_explanation
 from service.backends.base import (
     EXPLAIN_UNAVAILABLE,
     ExplainEvent,
     ExplanationUnavailableError,
     ScoreStep,
-    StreamEnd,
-    TextDelta,
+    stream_explanation,
 )
 
 log = logging.getLogger(__name__)
@@ -41,13 +43,18 @@ class OnnxBackend:
         model_name: str,
         explain_with: str | None = None,
         threads: int | None = None,
+        load_generator: Callable[[], Any] | None = None,
     ):
+        """`generator` is the export's decoder (`export.runtime`), or `load_generator` loads it on the first
+        /explain, so a replica that only scores never holds a second copy of the weights."""
         self.scorer = scorer
-        self.generator = generator
-        # A scorer-only export (a prefix LM's) serves /score and /rerank; with `explain_with` (a torch model spec,
-        # from `--backend auto`) it explains with that model, loaded on the first /explain, not at start.
-        self.explain_with = explain_with if generator is None else None
-        self.can_explain = generator is not None or self.explain_with is not None
+        self._generator = generator
+        self._load_generator = load_generator if generator is None else None
+        has_decoder = generator is not None or load_generator is not None
+        # A scorer-only export serves /score and /rerank; with `explain_with` (a torch model spec, from
+        # `--backend auto`) it explains with that model, loaded on the first /explain, not at start.
+        self.explain_with = explain_with if not has_decoder else None
+        self.can_explain = has_decoder or self.explain_with is not None
         self._explainer: Any = None
         self._explainer_lock = threading.Lock()
         self._threads = threads
@@ -61,7 +68,7 @@ class OnnxBackend:
         cls, path: str, providers: str = "cpu", threads: int | None = None, explain_with: str | None = None
     ) -> OnnxBackend:
         try:
-            from export.runtime import OnnxGenerator, OnnxScorer
+            from export.runtime import OnnxScorer, has_generator, load_generator
         except ImportError as e:
             raise RuntimeError(
                 "the onnx backend needs export/runtime.py (the export package) and onnxruntime: "
@@ -74,19 +81,29 @@ class OnnxBackend:
             )
         provider_list = _providers(providers)
         scorer = OnnxScorer.from_dir(folder, providers=provider_list, threads=threads)
-        try:
-            generator = OnnxGenerator.from_dir(folder, providers=provider_list, threads=threads)
-        except (FileNotFoundError, ValueError) as e:
+        loader = None
+        if has_generator(folder):
+            loader = functools.partial(load_generator, folder, providers=provider_list, threads=threads)
+        elif explain_with is None:
             # A scorer-only export still serves /score and /rerank; /explain then answers 501 (service.errors).
-            if explain_with is None:
-                log.warning("no explanation decoder in %s (%s): /explain is disabled", folder, e)
-            generator = None
-        return cls(scorer, generator, model_name=str(folder), explain_with=explain_with, threads=threads)
+            log.warning("no explanation decoder in %s: /explain is disabled", folder)
+        return cls(
+            scorer, None, model_name=str(folder), explain_with=explain_with, threads=threads, load_generator=loader
+        )
+
+    @property
+    def generator(self) -> Any | None:
+        """The export's decoder, loaded now if it was left for the first /explain."""
+        with self._explainer_lock:
+            if self._generator is None and self._load_generator is not None:
+                log.info("loading the ONNX explanation decoder of %s (first use)", self.model_name)
+                self._generator = self._load_generator()
+            return self._generator
 
     @property
     def explain_is_lazy(self) -> bool:
         """Whether /explain loads its model on first use (the warm-up must not load it)."""
-        return self.explain_with is not None
+        return self.explain_with is not None or (self._generator is None and self._load_generator is not None)
 
     def _torch_explainer(self) -> Any:
         with self._explainer_lock:
@@ -103,6 +120,8 @@ class OnnxBackend:
         info: dict[str, Any] = {"device": providers[0], "providers": providers, "scorer": self.scorer.variant}
         if self.chosen:
             info["chosen"] = self.chosen
+        if self._generator is not None or self._load_generator is not None:
+            info["decoder"] = "loaded" if self._generator is not None else "on first /explain"
         if self.explain_with is not None:
             info["explain_with"] = f"torch: {self.explain_with} ({'loaded' if self._explainer else 'on first use'})"
         return info
@@ -128,24 +147,20 @@ class OnnxBackend:
             return
         if self.generator is None:
             raise ExplanationUnavailableError(EXPLAIN_UNAVAILABLE)
-        # As in the torch backend, the first token is the argmax grade, so the explanation follows the sent score.
-        grade = int(np.argmax(logits))
-        yield TextDelta(self.scale.labels[grade], tokens=1)
-        grade_id = self.scale.token_ids(self.tokenizer)[grade]
-        count, reason = 1, "eos"
-        stream = self.generator.generate_stream([*prompt.input_ids, grade_id], max_new_tokens=max_new_tokens - 1)
-        try:
-            for piece in stream:
-                if stop.is_set():
-                    reason = "cancelled"
-                    break
-                count += 1
-                yield TextDelta(piece, tokens=1)
-            else:
-                reason = "length" if count >= max_new_tokens else "eos"
-        finally:
-            stream.close()
-        yield StreamEnd(reason)
+        # As in the torch backend: the first token is the argmax grade, so the explanation follows the sent score,
+        # and the rest is kept to the contract's shape (afrl.explanation_constraint), decoded by the same loop.
+        first = self.scale.token_ids(self.tokenizer)[int(np.argmax(logits))]
+        generator = self.generator
+        _, state = generator.prefill(prompt.input_ids)
+        holder = {"state": state}
+
+        def step(token: int) -> np.ndarray:
+            row, holder["state"] = generator.step(token, holder["state"])
+            return row
+
+        constraint = ExplanationConstraint.for_prompt(self.tokenizer, prompt, budget=max_new_tokens)
+        tokens = decode_explanation(first, step, max_new_tokens, generator.eos_ids, constraint)
+        yield from stream_explanation(self.tokenizer, tokens, max_new_tokens, stop, constraint)
 
 
 def _providers(name: str) -> Any:

@@ -39,7 +39,7 @@ from afrl.scorer import (
     pad_batch,
     position_ids_from_mask,
 )
-from service.backends.base import ExplainEvent, ScoreStep, StreamEnd, TextDelta
+from service.backends.base import ExplainEvent, ScoreStep, stream_explanation
 
 log = logging.getLogger(__name__)
 
@@ -188,26 +188,5 @@ class TorchBackend:
                 out, state["past"] = step_pass(self.model, ids, state["past"])
                 return out[0]
 
-            generated: list[int] = []
-            emitted = ""
-            reason = "eos"
-            for token in decode_explanation(first, step, max_new_tokens, self.eos_ids, constraint):
-                generated.append(token)
-                text = self.tokenizer.decode(generated, skip_special_tokens=True)
-                # Hold back an incomplete multi-byte character until its last byte arrives.
-                if not text.endswith("\ufffd") and len(text) > len(emitted):
-                    yield TextDelta(text[len(emitted) :], tokens=1)
-                    emitted = text
-                else:
-                    yield TextDelta("", tokens=1)
-                if stop.is_set():
-                    reason = "cancelled"
-                    break
-            else:
-                reason = "length" if len(generated) >= max_new_tokens and not _finished(constraint) else "eos"
-        yield StreamEnd(reason)
-
-
-def _finished(constraint: ExplanationConstraint | None) -> bool:
-    """Whether a constrained explanation reached its end (the Verdict written) rather than its length limit."""
-    return constraint is not None and constraint.state in ("end", "done")
+            tokens = decode_explanation(first, step, max_new_tokens, self.eos_ids, constraint)
+            yield from stream_explanation(self.tokenizer, tokens, max_new_tokens, stop, constraint)

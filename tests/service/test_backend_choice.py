@@ -67,7 +67,11 @@ def test_int8_refused_by_its_gate_serves_torch_fp32(tmp_path, monkeypatch):
     assert choice.backend == "torch" and refusal in choice.reason and choice.reason.endswith("torch fp32")
 
 
-def test_a_scorer_only_export_explains_with_torch_loaded_on_first_use(tmp_path, cache, monkeypatch):
+@pytest.mark.parametrize("decoder", [True, False])
+def test_the_onnx_choice_explains_with_what_it_loads_on_first_use(tmp_path, cache, monkeypatch, decoder):
+    """A prefix LM's export holds its own decoder, loaded on the first /explain; an export without one (the
+    prefix decoder failed its check) explains with the torch model, loaded on first use too. The warm-up loads
+    neither."""
     from fastapi.testclient import TestClient
 
     from service.app import create_app
@@ -77,18 +81,24 @@ def test_a_scorer_only_export_explains_with_torch_loaded_on_first_use(tmp_path, 
     monkeypatch.setattr(
         export.pipeline,
         "ExportOptions",
-        functools.partial(export.pipeline.ExportOptions, int8_min_agreement=0.0, int8_max_score_delta=1.0),
+        functools.partial(
+            export.pipeline.ExportOptions, int8_min_agreement=0.0, int8_max_score_delta=1.0, decoder=decoder
+        ),
     )
-    model = save_tiny_model(tmp_path / "bert", arch="bert")  # a prefix LM: its export has no decoder
-    with TestClient(create_app(Settings(model=str(model), backend="auto", threads=1, max_new_tokens=6))) as client:
+    model = save_tiny_model(tmp_path / "bert", arch="bert")
+    key, before, after = (
+        ("decoder", "on first /explain", "loaded") if decoder else ("explain_with", "(on first use)", "(loaded)")
+    )
+    with TestClient(create_app(Settings(model=str(model), backend="auto", threads=1, max_new_tokens=40))) as client:
         info = client.get("/info").json()
         assert info["backend"] == "onnx"
         runtime = info["runtime"]
         assert runtime["scorer"] == "int8" and "INT8 ONNX" in runtime["chosen"]
-        assert runtime["explain_with"].endswith("(on first use)")  # the warm-up did not load it
+        assert runtime[key].endswith(before)  # the warm-up did not load it
+        assert ("explain_with" in runtime) is not decoder
         body = {"query": "berlin population", "document": "Berlin has 3.7 million people.", "stream": False}
         score = client.post("/score", json={"pairs": [{"query": body["query"], "document": body["document"]}]})
         explained = client.post("/explain", json=body).json()
         assert explained["score"]["grade"] == score.json()["results"][0]["grade"]  # the ONNX scorer's grade
         assert explained["done"]["text"].startswith(str(explained["score"]["grade"]))
-        assert client.get("/info").json()["runtime"]["explain_with"].endswith("(loaded)")
+        assert client.get("/info").json()["runtime"][key].endswith(after)

@@ -86,14 +86,15 @@ def test_reranker_over_the_onnx_export_ranks_like_torch(exported):
 
 
 def test_a_scorer_only_export_serves_scores_and_answers_explain_with_501(tmp_path):
-    """A prefix LM's ONNX export has no decoder (what the Docker image serves for the default model): the server
-    starts (warm-up skips the explanation), scores like torch, and /explain is a plain 501 that says what to do."""
+    """An export made without its decoder (`--no-decoder`): the server starts (warm-up skips the explanation),
+    scores like torch, and /explain is a plain 501 that says what to do."""
     from afrl.testing import build_tiny_model
     from export.pipeline import ExportOptions, export_scorer_model
 
     model, tok = build_tiny_model("bert")
     torch_backend = make_backend(model, tok)
-    export_scorer_model(torch_backend.scorer, "tiny-bert", ExportOptions(out=tmp_path, threads=1, overwrite=True))
+    options = ExportOptions(out=tmp_path, threads=1, overwrite=True, decoder=False)
+    export_scorer_model(torch_backend.scorer, "tiny-bert", options)
     onnx_backend = OnnxBackend.from_dir(str(tmp_path), providers="cpu", threads=1)
     assert onnx_backend.can_explain is False
     with TestClient(create_app(settings(backend="onnx"), onnx_backend)) as client:  # lifespan: warm-up runs
@@ -105,3 +106,28 @@ def test_a_scorer_only_export_serves_scores_and_answers_explain_with_501(tmp_pat
             explained = client.post("/explain", json={"query": QUERY, "document": DOCS[0], "stream": stream})
             assert explained.status_code == 501
             assert "--backend torch" in explained.json()["detail"]
+
+
+def test_both_kinds_of_export_explain_as_the_torch_backend_does(exported, tmp_path):
+    """The ONNX backend decodes through the same constrained loop as the torch backend, with optimum's decoder
+    (a causal LM) and with a prefix LM's own decoder graph: the same text, and it parses."""
+    import threading
+
+    from afrl.contract import parse_completion
+    from afrl.testing import build_tiny_model
+    from export.pipeline import ExportOptions, export_scorer_model
+    from service.backends.base import StreamEnd, TextDelta
+
+    qwen3_out, qwen3_torch = exported
+    model, tok = build_tiny_model("bert")
+    bert_torch = make_backend(model, tok)
+    export_scorer_model(bert_torch.scorer, "tiny-bert", ExportOptions(out=tmp_path, threads=1, overwrite=True))
+    for out, torch_backend in ((qwen3_out, qwen3_torch), (tmp_path, bert_torch)):
+        onnx_backend = OnnxBackend.from_dir(str(out), providers="cpu", threads=1)
+        assert onnx_backend.can_explain
+        prompt = torch_backend.builder.build(QUERY, DOCS[0])
+        streams = [list(b.explain(prompt, 120, threading.Event())) for b in (torch_backend, onnx_backend)]
+        texts = ["".join(e.text for e in events if isinstance(e, TextDelta)) for events in streams]
+        assert texts[0] == texts[1], out
+        assert parse_completion(texts[1], DOCS[0]).consistent, texts[1]
+        assert isinstance(streams[1][-1], StreamEnd) and streams[1][-1].reason == "eos"
