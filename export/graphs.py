@@ -4,9 +4,8 @@ The scorer is the AFRL hot path: one forward pass over the prompt, the hidden st
 times the K+1 grade rows of the LM head. It is exported with the dynamo exporter (`torch.onnx.export(dynamo=True)`):
 the TorchScript exporter fails on this graph with transformers 4.57 (`unordered_map::at`, DESIGN.md 9).
 The decoder is optimum-onnx's `text-generation-with-past` export of the same (merged) model. A prefix LM
-(`afrl.prefix_lm`: bidirectional over the prompt, BERT head) exports its scorer the same way; it has no decoder
-export yet (optimum's text-generation export has no prefix-LM attention), so its export serves /score and /rerank
-and answers /explain with 501 (serve the model folder with the torch backend for explanations).
+(`afrl.prefix_lm`: bidirectional over the prompt, BERT head) exports its scorer the same way; its decoder is its
+own graph (export/prefix_decoder.py), since optimum's text-generation export has no prefix-LM attention.
 """
 
 from __future__ import annotations

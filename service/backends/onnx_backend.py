@@ -151,10 +151,11 @@ class OnnxBackend:
         # and the rest is kept to the contract's shape (afrl.explanation_constraint), decoded by the same loop.
         first = self.scale.token_ids(self.tokenizer)[int(np.argmax(logits))]
         generator = self.generator
-        _, state = generator.prefill(prompt.input_ids)
-        holder = {"state": state}
+        holder: dict[str, Any] = {}
 
         def step(token: int) -> np.ndarray:
+            if "state" not in holder:  # the prompt pass, after the grade's text has gone out
+                _, holder["state"] = generator.prefill(prompt.input_ids)
             row, holder["state"] = generator.step(token, holder["state"])
             return row
 
