@@ -27,7 +27,7 @@ STAGES: dict[str, tuple[str, str, str]] = {
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
-        "train", help="train a model (sft, rl, curriculum, study, distill, evolve, pool)", description=__doc__
+        "train", help="train a model (sft, rl, curriculum, study, distill, evolve, pool, chain)", description=__doc__
     )
     stages = p.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, (module, _, _) in STAGES.items():
@@ -41,6 +41,16 @@ def register(sub: Any) -> None:
         sp.add_argument("--config", required=True, help="YAML config file; --key value pairs after it override it")
         sp.add_argument("--threads", type=int, default=None, help="torch threads")
         sp.set_defaults(func=run, overrides=[])
+    chain = stages.add_parser(
+        "chain",
+        help=module_docstring("training.chain").splitlines()[0],
+        description=module_docstring("training.chain"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    chain.add_argument("--config", required=True, help="chain YAML (e.g. training/configs/default_student.yaml)")
+    chain.add_argument("--threads", type=int, default=None, help="passed to the stages that take --threads")
+    chain.add_argument("--dry-run", action="store_true", help="print the plan (which stages are done) and stop")
+    chain.set_defaults(func=run_chain_cli, overrides=[])
 
 
 def module_docstring(name: str) -> str:
@@ -50,6 +60,12 @@ def module_docstring(name: str) -> str:
     if spec is None or spec.origin is None:
         raise ModuleNotFoundError(f"training stage module {name} not found", name=name)
     return (ast.get_docstring(ast.parse(Path(spec.origin).read_text(encoding="utf-8"))) or "").strip()
+
+
+def run_chain_cli(args: argparse.Namespace) -> int:
+    from training.chain import run_cli
+
+    return run_cli(args)
 
 
 def run(args: argparse.Namespace) -> int:

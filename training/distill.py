@@ -106,6 +106,13 @@ class AfrlDistillConfig(AfrlSFTConfig):
     time_budget_minutes: float | None = field(
         default=None, metadata={"help": "stop (and save a checkpoint) after this many minutes; rerun to resume"}
     )
+    stop_at_step: int | None = field(
+        default=None,
+        metadata={
+            "help": "stop (and save) at this global step, the schedule still running to max_steps: a stage cut "
+            "short on purpose, as the shipped default's explanation stage a was (step 200 of a 700-step cosine)"
+        },
+    )
     freeze_embeddings: bool = field(
         default=False,
         metadata={

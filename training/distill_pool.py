@@ -195,8 +195,9 @@ def make_trainer_class() -> Any:
     return PoolDistillTrainer
 
 
-def time_budget_callback(minutes: float) -> Any:
-    """Stops training (and saves a checkpoint) once `minutes` of wall clock have passed in this process."""
+def time_budget_callback(minutes: float | None, stop_at_step: int | None = None) -> Any:
+    """Stops training (and saves a checkpoint) once `minutes` of wall clock have passed in this process, or at
+    global step `stop_at_step`, whichever comes first."""
     from transformers import TrainerCallback
 
     class TimeBudget(TrainerCallback):  # type: ignore[misc]
@@ -204,10 +205,14 @@ def time_budget_callback(minutes: float) -> Any:
             self.start = time.monotonic()
 
         def on_step_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
-            if time.monotonic() - self.start > minutes * 60:
+            if minutes is not None and time.monotonic() - self.start > minutes * 60:
                 log.info("time budget of %.1f min reached at step %d: saving and stopping", minutes, state.global_step)
-                control.should_save = True
-                control.should_training_stop = True
+            elif stop_at_step is not None and state.global_step >= stop_at_step:
+                log.info("stop_at_step %d reached: saving and stopping", stop_at_step)
+            else:
+                return control
+            control.should_save = True
+            control.should_training_stop = True
             return control
 
     return TimeBudget()
@@ -246,7 +251,8 @@ def train_from_pool(config: AfrlDistillConfig) -> Path:
     if config.gradient_checkpointing and student.base_model is not None:
         student.model.enable_input_require_grads()
     pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
-    callbacks = [time_budget_callback(config.time_budget_minutes)] if config.time_budget_minutes else []
+    stops = (config.time_budget_minutes, config.stop_at_step)
+    callbacks = [time_budget_callback(*stops)] if any(x is not None for x in stops) else []
     trainer = make_trainer_class()(
         model=student.model,
         args=config,
