@@ -75,3 +75,27 @@ def test_batch_must_be_whole_groups(folders, tmp_path):  # noqa: F811
     argv = ["train", "--model", str(tiny), "--pool", str(tmp_path), "--out", str(tmp_path / "o"), "--batch", "6"]
     with pytest.raises(ValueError, match="multiple of --group-size 8"):
         main(argv)
+
+
+def test_a_prefix_lm_student_trains_through_the_same_loop(folders, tmp_path):  # noqa: F811
+    """The shipped default is a prefix LM (BERT); `scripts/gpu_student_job.sh` continues it with `--model
+    afrl/shipped/minilm-prefix-student --lora-r 0`. On a tiny BERT: a whole folder comes out, its embeddings the
+    start's, its layers trained, and its ranking moves toward the teacher's."""
+    pool_dir = tmp_path / "pool"
+    build_pool(_pool_config(folders, pool_dir, groups_per_judged_query=3), teacher=BagOfWordsTeacher())
+    tiny = save_tiny_model(tmp_path / "tiny-bert", arch="bert")
+    out = tmp_path / "student"
+    argv = ["train", "--model", str(tiny), "--pool", str(pool_dir), "--out", str(out), "--lora-r", "0"]
+    argv += ["--epochs", "10", "--batch", "8", "--group-size", "4", "--lr", "3e-3", "--alpha", "0.9"]
+    argv += ["--listwise-weight", "3", "--explanation-share", "0.2", "--max-query-tokens", "16"]
+    argv += ["--max-document-tokens", "32", "--log-every", "5", "--trec-dir", str(folders["judged"])]
+    assert main(argv) == 0
+    assert main(["finish", "--student", str(out), "--base", str(tiny)]) == 0
+    assert load_verified(out).kind == "distill"
+    saved, base = load_file(str(out / "model.safetensors")), load_file(str(tiny / "model.safetensors"))
+    key = "bert.embeddings.word_embeddings.weight"
+    assert torch.equal(saved[key], base[key].to(torch.bfloat16))
+    query = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(saved[query], base[query].to(torch.bfloat16))
+    rows = read_pool(pool_dir)
+    assert _group_agreement(out, rows, 4) < 0.7 * _group_agreement(tiny, rows, 4)

@@ -41,8 +41,9 @@ ExplainEvent = ScoreStep | TextDelta | StreamEnd
 
 
 EXPLAIN_UNAVAILABLE = (
-    "this ONNX export has no explanation decoder (a prefix-LM model exports its scorer only, or it was exported "
-    "without the decoder): /score and /rerank work; for /explain serve the model folder with --backend torch"
+    "this ONNX export has no explanation decoder (it was exported with --no-decoder, or its decoder failed the "
+    "export's check): /score and /rerank work; for /explain re-export it, or serve the model folder with "
+    "--backend torch"
 )
 
 
