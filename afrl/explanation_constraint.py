@@ -272,6 +272,8 @@ def decode_explanation(
     """Greedy explanation token ids: `first_token` (the grade), then each token picked from `next_logits(previous
     token)` (the caller's model step, torch or ONNX), under `constraint` when given, until an end token (not
     yielded) or `max_new_tokens`. A consumer that stops iterating (a cancelled stream) runs no further step."""
+    if max_new_tokens < 1:
+        return
     token = first_token
     if constraint is not None:
         constraint.advance(token)

@@ -1,5 +1,5 @@
 """`afrl bench`: answer-first speed, backends, roofline, prefix reuse, the service, production size, memory, the
-default model against the previous one, and a /rerank of 100 documents.
+default model against the previous one, a /rerank of 100 documents, and /explain per backend.
 
     afrl bench --model default-base --json bench/results/cpu.json --markdown BENCHMARKS.md
     afrl bench --model default --skip backends answer_first roofline prefix service qwen3 --json /tmp/m.json
@@ -41,7 +41,7 @@ def register(sub: Any) -> None:
     p.add_argument("--json", type=Path, default=None, help="write the results here (required unless --from-json)")
     p.add_argument("--markdown", type=Path, default=None, help="also write the Markdown report (e.g. BENCHMARKS.md)")
     p.add_argument("--from-json", type=Path, default=None, help="render --markdown from this JSON; measure nothing")
-    p.add_argument("--gpu-json", type=Path, default=None, help="GPU results for section 10 (default: gpu.json beside)")
+    p.add_argument("--gpu-json", type=Path, default=None, help="GPU results for section 11 (default: gpu.json beside)")
     p.add_argument("--cache-dir", type=Path, default=None, help="where the exports are kept (~/.cache/afrl/bench)")
     p.add_argument("--threads", type=int, default=None, help="torch and onnxruntime threads (default: all cores)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per figure (default 3, quick 2)")

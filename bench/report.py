@@ -267,7 +267,8 @@ def memory_section(item: dict[str, Any]) -> str:
     return (
         f"VmHWM of the server process (/proc/PID/status) after the load runs of item 5 ({item['served_backend']} "
         f"backend, scorer `{item.get('served_scorer')}`): the model, the runtime and everything a request touched, "
-        "at up to the top concurrency. The onnx backend also holds the explanation decoder. The other backend "
+        "at up to the top concurrency. The onnx backend holds its explanation decoder only after the first /explain "
+        "(these runs send none), since 2026-12-04; runs before that held it from the start. The other backend "
         "serves the same model once more, for its RSS.\n\n" + table(["server", "peak RSS MB"], rows)
     )
 
