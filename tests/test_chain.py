@@ -75,7 +75,7 @@ def _arg(run: list[str], flag: str) -> str | None:
 def test_the_default_student_chain_feeds_each_stage_from_an_earlier_one() -> None:
     """Every `afrl train` stage's config exists; its output folder is what its `done` names; the student it
     starts from (its config's or the override) and the pool it reads are written by earlier stages."""
-    chain = load_chain(ROOT / "training/configs/default_student.yaml")
+    chain = load_chain(ROOT / "training/configs/chain_default_student.yaml")
     written: set[str] = set()
     for stage in chain.stages:
         run = stage.run

@@ -6,7 +6,7 @@ order, each in its own process with its own progress bars; a stage that fails st
 status and the command to run again. So a stopped chain resumes at its first unfinished stage, and a stopped
 `afrl train` stage inside it resumes from its own last checkpoint (every distillation stage saves them).
 
-`training/configs/default_student.yaml` is the shipped default student's chain (pool, encoder, prefix-LM base,
+`training/configs/chain_default_student.yaml` is the shipped default student's chain (pool, encoder, prefix-LM base,
 contract prompt, explanation a and b, evaluation; about 2 h 10 min on a 2-core CPU by its stages' measured times).
 
 Why not make or doit: make decides by timestamps, so an evaluation writing into a finished stage's folder would

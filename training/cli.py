@@ -47,7 +47,7 @@ def register(sub: Any) -> None:
         description=module_docstring("training.chain"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    chain.add_argument("--config", required=True, help="chain YAML (e.g. training/configs/default_student.yaml)")
+    chain.add_argument("--config", required=True, help="chain YAML (e.g. training/configs/chain_default_student.yaml)")
     chain.add_argument("--threads", type=int, default=None, help="passed to the stages that take --threads")
     chain.add_argument("--dry-run", action="store_true", help="print the plan (which stages are done) and stop")
     chain.set_defaults(func=run_chain_cli, overrides=[])
