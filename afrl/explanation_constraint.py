@@ -264,13 +264,15 @@ class ExplanationConstraint:
 
 def decode_explanation(
     first_token: int,
-    next_logits: Callable[[int], Any],
+    step: Callable[[int, Any], tuple[Any, Any]],
+    state: Any,
     max_new_tokens: int,
     end_ids: set[int],
     constraint: ExplanationConstraint | None = None,
 ) -> Iterator[int]:
-    """Greedy explanation token ids: `first_token` (the grade), then each token picked from `next_logits(previous
-    token)` (the caller's model step, torch or ONNX), under `constraint` when given, until an end token (not
+    """Greedy explanation token ids: `first_token` (the grade), then each token picked from the next-token logits
+    of `step(previous token, state) -> (logits (vocab,), state)` (the caller's model step, torch or ONNX, over its
+    KV cache; `state` is the cache after the prompt), under `constraint` when given, until an end token (not
     yielded) or `max_new_tokens`. A consumer that stops iterating (a cancelled stream) runs no further step."""
     if max_new_tokens < 1:
         return
@@ -283,7 +285,7 @@ def decode_explanation(
         count += 1
         if count >= max_new_tokens or (constraint is not None and constraint.done):
             return
-        logits = next_logits(token)
+        logits, state = step(token, state)
         token = constraint.pick(logits) if constraint is not None else int(logits.argmax())
         if token in end_ids:
             return

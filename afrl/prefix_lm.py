@@ -147,13 +147,12 @@ def greedy_continuation(
     first = ids[int(logits[0][ids].argmax())] if ids is not None else int(logits[0].argmax())
     if first in eos_ids:
         return []
-    state = {"past": past}
 
-    def step(token: int) -> torch.Tensor:
-        out, state["past"] = step_pass(model, torch.tensor([[token]], device=input_ids.device), state["past"])
-        return out[0]
+    def step(token: int, cache: Any) -> tuple[torch.Tensor, Any]:
+        out, cache = step_pass(model, torch.tensor([[token]], device=input_ids.device), cache)
+        return out[0], cache
 
-    return list(decode_explanation(first, step, max_new_tokens, eos_ids, constraint))
+    return list(decode_explanation(first, step, past, max_new_tokens, eos_ids, constraint))
 
 
 def build_prefix_lm_base(encoder_dir: str | Path, out_dir: str | Path) -> Path:

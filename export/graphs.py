@@ -91,30 +91,47 @@ def export_scorer(
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     if external_data is None:
         external_data = parameter_bytes(graph) > EXTERNAL_DATA_THRESHOLD
+    dynamic = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
+    # onnxscript's optimizer folds the shape arithmetic (a cleaner graph for TensorRT); onnxruntime optimises
+    # again at load, so skipping it only saves export time (about half on a 30-layer model)
+    dynamo_export(graph, (ids, mask), path, INPUT_NAMES, [OUTPUT_NAME], dynamic, opset, optimize, external_data)
+    return external_data
+
+
+def dynamo_export(
+    graph: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_shapes: dict[str, Any],
+    opset: int | None = None,
+    optimize: bool = True,
+    external_data: bool = False,
+) -> None:
+    """`torch.onnx.export(dynamo=True)` of `graph` traced with `example`, saved to `path`: the one export call of
+    the scorer and the prefix-LM decoder (export/prefix_decoder.py), quiet and refusing an empty result."""
     # onnx_ir and onnxscript log every deduplicated initializer and folded constant at INFO: noise to a user
     for name in ("onnx_ir", "onnxscript"):
         logging.getLogger(name).setLevel(logging.WARNING)
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter("ignore")  # the exporter's deprecation chatter says nothing about this graph
+        warnings.simplefilter("ignore")  # the exporter's deprecation chatter says nothing about the graph
         program = torch.onnx.export(
             graph,
-            (ids, mask),
+            example,
             None,
-            input_names=list(INPUT_NAMES),
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_shapes=dynamic_shapes,
             dynamo=True,
-            # onnxscript's optimizer folds the shape arithmetic (a cleaner graph for TensorRT); onnxruntime
-            # optimises again at load, so skipping it only saves export time (about half on a 30-layer model)
             optimize=optimize,
             opset_version=opset,
             verbose=False,
         )
     if program is None:
-        raise RuntimeError("torch.onnx.export(dynamo=True) returned no program")
+        raise RuntimeError(f"torch.onnx.export(dynamo=True) returned no program for {path.name}")
     path.parent.mkdir(parents=True, exist_ok=True)
     program.save(path, external_data=external_data)
-    return external_data
 
 
 def export_decoder(model: Any, out_dir: Path, opset: int | None = None) -> Path:

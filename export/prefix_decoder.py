@@ -21,12 +21,12 @@ by-hand probe, not an `afrl bench` figure), where recomputing the prompt for eve
 
 from __future__ import annotations
 
-import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from export.graphs import dynamo_export
 
 DECODER_FILE = "prefix_lm.onnx"
 INPUTS = ("input_ids", "keys", "values")
@@ -84,26 +84,11 @@ def export_prefix_decoder(model: Any, path: Path, example_ids: list[int], opset:
     example; every prompt and cache length works afterwards). Returns `path`."""
     model = model.eval()
     graph = PrefixDecoderGraph(model)
-    for name in ("onnx_ir", "onnxscript"):  # they log every folded constant at INFO: noise to a user
-        logging.getLogger(name).setLevel(logging.WARNING)
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter("ignore")  # the exporter's deprecation chatter says nothing about this graph
+    with torch.inference_mode(False), torch.no_grad():  # the traced example must not be an inference tensor
         empty = empty_cache(model)
         _, keys, values = graph(torch.tensor([example_ids], dtype=torch.long), empty, empty)
-        past = torch.export.Dim("past")
-        program = torch.onnx.export(
-            graph,
-            (torch.tensor([[int(example_ids[-1]), int(example_ids[0])]]), keys, values),
-            None,
-            input_names=list(INPUTS),
-            output_names=list(OUTPUTS),
-            dynamic_shapes={"input_ids": {1: torch.export.Dim("new")}, "keys": {3: past}, "values": {3: past}},
-            dynamo=True,
-            opset_version=opset,
-            verbose=False,
-        )
-    if program is None:
-        raise RuntimeError("torch.onnx.export(dynamo=True) returned no program for the prefix-LM decoder")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    program.save(path)
+    past = torch.export.Dim("past")
+    example = (torch.tensor([[int(example_ids[-1]), int(example_ids[0])]]), keys, values)
+    dynamic = {"input_ids": {1: torch.export.Dim("new")}, "keys": {3: past}, "values": {3: past}}
+    dynamo_export(graph, example, path, INPUTS, OUTPUTS, dynamic, opset)
     return path

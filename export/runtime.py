@@ -162,8 +162,11 @@ class _GreedyDecoder:
     state), and the plain greedy loop over them (the export's check against transformers, gpu_check). The service
     decodes through `afrl.explanation_constraint.decode_explanation` over the same two calls."""
 
-    tokenizer: Any
-    eos_ids: set[int]
+    def __init__(self, session: Any, tokenizer: Any, eos_ids: set[int], manifest: Manifest | None = None) -> None:
+        self.session = session
+        self.tokenizer = tokenizer
+        self.eos_ids = eos_ids
+        self.manifest = manifest
 
     def prefill(self, input_ids: Sequence[int]) -> tuple[np.ndarray, Any]:
         raise NotImplementedError
@@ -211,10 +214,7 @@ class OnnxGenerator(_GreedyDecoder):
     """Greedy generation with the KV-cache decoder (`decoder/model.onnx`, optimum's text-generation-with-past)."""
 
     def __init__(self, session: Any, tokenizer: Any, eos_ids: set[int], manifest: Manifest | None = None) -> None:
-        self.session = session
-        self.tokenizer = tokenizer
-        self.eos_ids = eos_ids
-        self.manifest = manifest
+        super().__init__(session, tokenizer, eos_ids, manifest)
         self._inputs = {i.name: i for i in session.get_inputs()}
         self._past = [name for name in self._inputs if name.startswith("past_key_values.")]
         self._outputs = [o.name for o in session.get_outputs()]
@@ -272,10 +272,7 @@ class OnnxPrefixGenerator(_GreedyDecoder):
     prompt pass is a call with an empty cache, each step a call with one token."""
 
     def __init__(self, session: Any, tokenizer: Any, eos_ids: set[int], manifest: Manifest | None = None) -> None:
-        self.session = session
-        self.tokenizer = tokenizer
-        self.eos_ids = eos_ids
-        self.manifest = manifest
+        super().__init__(session, tokenizer, eos_ids, manifest)
         keys = {i.name: i for i in session.get_inputs()}.get("keys")
         if keys is None or [o.name for o in session.get_outputs()] != ["logits", "new_keys", "new_values"]:
             raise ManifestError("the prefix-LM decoder graph has unexpected inputs or outputs: re-export it")

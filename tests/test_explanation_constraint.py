@@ -48,14 +48,9 @@ def _explain(tok, script: str, grade: str = "2", document=DOCUMENT, steps: int =
     logits = _scripted(tok, script)
     first = tok.encode(grade, add_special_tokens=False)[0]
     end = {tok.eos_token_id} if tok.eos_token_id is not None else set()
-    tokens = list(decode_explanation(first, iter_logits(logits), steps, end, constraint))
+    tokens = list(decode_explanation(first, lambda _token, i: (logits(i), i + 1), 0, steps, end, constraint))
     text = tok.decode(tokens, skip_special_tokens=True)
     return text, parse_completion(text, document, GradeScale()), constraint
-
-
-def iter_logits(logits):
-    count = iter(range(10**6))
-    return lambda _token: logits(next(count))
 
 
 def test_a_model_that_ignores_the_format_still_gets_a_well_formed_explanation():
@@ -76,16 +71,16 @@ def test_the_free_fields_hold_the_models_own_words_and_its_line_break_ends_them(
     constraint = _constraint(tok)
     newline = tok.encode("\n", add_special_tokens=False)[0]
 
-    def logits(_token):
+    def step(_token, state):
         row = torch.zeros(len(tok))
         if constraint.state == "free":
-            field = constraint.labels and [k for k, t in _PLAN if k == "free"] and _PLAN[constraint.step][1]
+            field = _PLAN[constraint.step][1]
             words = tok.encode(" " + wants[field], add_special_tokens=False)
             row[words[len(constraint.field)] if len(constraint.field) < len(words) else newline] = 10.0
-        return row
+        return row, state
 
     first = tok.encode("2", add_special_tokens=False)[0]
-    tokens = list(decode_explanation(first, logits, 200, {tok.eos_token_id}, constraint))
+    tokens = list(decode_explanation(first, step, None, 200, {tok.eos_token_id}, constraint))
     parsed = parse_completion(tok.decode(tokens, skip_special_tokens=True), DOCUMENT, GradeScale())
     assert parsed.consistent, parsed.errors
     assert parsed.fields["Intent"] == "the zebra" and parsed.fields["Reasoning"] == "berlin had"

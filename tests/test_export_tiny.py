@@ -185,14 +185,8 @@ def test_a_prefix_lm_exports_a_decoder_that_decodes_as_torch_does(exported):
             torch_constraint = ExplanationConstraint.for_prompt(scorer.tokenizer, prompt, budget=60)
             served = greedy_continuation(scorer.model, ids, 60, eos, scorer.grade_ids, torch_constraint)
         _, state = generator.prefill(prompt.input_ids)
-        holder = {"state": state}
-
-        def step(token, holder=holder):
-            row, holder["state"] = generator.step(token, holder["state"])
-            return row
-
         constraint = ExplanationConstraint.for_prompt(scorer.tokenizer, prompt, budget=60)
-        assert list(decode_explanation(served[0], step, 60, generator.eos_ids, constraint)) == served
+        assert list(decode_explanation(served[0], generator.step, state, 60, generator.eos_ids, constraint)) == served
 
 
 def test_an_export_without_the_decoder_says_so_when_one_is_loaded(tmp_path):

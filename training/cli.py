@@ -41,10 +41,11 @@ def register(sub: Any) -> None:
         sp.add_argument("--config", required=True, help="YAML config file; --key value pairs after it override it")
         sp.add_argument("--threads", type=int, default=None, help="torch threads")
         sp.set_defaults(func=run, overrides=[])
+    chain_doc = module_docstring("training.chain")
     chain = stages.add_parser(
         "chain",
-        help=module_docstring("training.chain").splitlines()[0],
-        description=module_docstring("training.chain"),
+        help=chain_doc.splitlines()[0],
+        description=chain_doc,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     chain.add_argument("--config", required=True, help="chain YAML (e.g. training/configs/chain_default_student.yaml)")

@@ -151,16 +151,14 @@ class OnnxBackend:
         # and the rest is kept to the contract's shape (afrl.explanation_constraint), decoded by the same loop.
         first = self.scale.token_ids(self.tokenizer)[int(np.argmax(logits))]
         generator = self.generator
-        holder: dict[str, Any] = {}
 
-        def step(token: int) -> np.ndarray:
-            if "state" not in holder:  # the prompt pass, after the grade's text has gone out
-                _, holder["state"] = generator.prefill(prompt.input_ids)
-            row, holder["state"] = generator.step(token, holder["state"])
-            return row
+        def step(token: int, state: Any) -> tuple[np.ndarray, Any]:
+            if state is None:  # the prompt pass, after the grade's text has gone out
+                _, state = generator.prefill(prompt.input_ids)
+            return generator.step(token, state)
 
         constraint = ExplanationConstraint.for_prompt(self.tokenizer, prompt, budget=max_new_tokens)
-        tokens = decode_explanation(first, step, max_new_tokens, generator.eos_ids, constraint)
+        tokens = decode_explanation(first, step, None, max_new_tokens, generator.eos_ids, constraint)
         yield from stream_explanation(self.tokenizer, tokens, max_new_tokens, stop, constraint)
 
 

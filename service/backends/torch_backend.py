@@ -181,12 +181,10 @@ class TorchBackend:
             # rest is kept to the contract's shape (afrl.explanation_constraint), as afrl eval decodes.
             first = self.grade_ids[int(g.argmax()) if grade is None else grade]
             constraint = ExplanationConstraint.for_prompt(self.tokenizer, prompt, budget=max_new_tokens)
-            state = {"past": past}
 
-            def step(token: int) -> torch.Tensor:
-                ids = torch.tensor([[token]], dtype=torch.long, device=self.device)
-                out, state["past"] = step_pass(self.model, ids, state["past"])
-                return out[0]
+            def step(token: int, cache: Any) -> tuple[torch.Tensor, Any]:
+                out, cache = step_pass(self.model, torch.tensor([[token]], dtype=torch.long, device=self.device), cache)
+                return out[0], cache
 
-            tokens = decode_explanation(first, step, max_new_tokens, self.eos_ids, constraint)
+            tokens = decode_explanation(first, step, past, max_new_tokens, self.eos_ids, constraint)
             yield from stream_explanation(self.tokenizer, tokens, max_new_tokens, stop, constraint)
