@@ -46,15 +46,13 @@ def completion_nll(
     return loss, accuracy
 
 
-def completion_nll_and_grade_logits(
-    model: Any,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    labels: torch.Tensor,
-    grade_weight: float = 1.0,
+def completion_token_nll(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`completion_nll` plus the full-vocabulary logits at each row's grade position (batch x vocab), so that a
-    ranking term can be added without a second forward pass."""
+    """(NLL of every label token, its full-vocabulary logits, the (batch, L-1) mask `keep` of label positions).
+
+    The first two are flat over the kept positions in row-major order: position t of `keep` predicts
+    `labels[:, t + 1]`. SFT averages them; RL weighs each sampled token's log-probability by its advantage."""
     inner = unwrap_model(model)
     prompt_lengths = (labels != -100).long().argmax(-1)  # the first label is the grade, right after the prompt
     hidden = body(inner)(
@@ -67,8 +65,20 @@ def completion_nll_and_grade_logits(
     targets = labels[:, 1:]
     keep = targets != -100
     logits = vocab_logits(inner, hidden[keep]).float()
-    gold = targets[keep]
-    nll = F.cross_entropy(logits, gold, reduction="none")
+    return F.cross_entropy(logits, targets[keep], reduction="none"), logits, keep
+
+
+def completion_nll_and_grade_logits(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    grade_weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`completion_nll` plus the full-vocabulary logits at each row's grade position (batch x vocab), so that a
+    ranking term can be added without a second forward pass."""
+    nll, logits, keep = completion_token_nll(model, input_ids, attention_mask, labels)
+    gold = labels[:, 1:][keep]
     # the first kept position of each row is its grade token
     first = (keep & (keep.long().cumsum(-1) == 1))[keep]
     if grade_weight == 1.0:

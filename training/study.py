@@ -42,6 +42,8 @@ DEFAULT_ARMS: dict[str, dict[str, Any] | None] = {
     "stepwise_sft": {"advantage_mode": "stepwise", "sft_coef": 0.5},
 }
 
+RL_ENGINES = ("trl", "plain")
+
 
 @dataclass
 class AfrlStudyConfig:
@@ -128,6 +130,14 @@ class AfrlStudyConfig:
     trec_rl_max_steps: int = field(default=10, metadata={"help": "RL steps per arm on TREC"})
     trec_lora_r: int = field(default=16, metadata={"help": "LoRA rank of the TREC RL arms (0: full)"})
     trec_lora_layers: list[int] | None = field(default=None, metadata={"help": "layers that get LoRA"})
+    rl_engine: str = field(
+        default="trl",
+        metadata={
+            "help": "trl: TRL's GRPOTrainer (training/rl/trainer.py, causal LMs); plain: the TRL-free loop "
+            "(training/rl/loop.py), which also trains a prefix LM as it is served and runs where TRL is absent"
+        },
+    )
+    rl_device: str = field(default="auto", metadata={"help": "plain engine only: auto (cuda if present), cuda or cpu"})
     render_only: bool = field(
         default=False, metadata={"help": "train and evaluate nothing: rewrite the results from finished runs"}
     )
@@ -142,6 +152,10 @@ class AfrlStudyConfig:
             self.rules_scratch = json.loads(self.rules_scratch)
         arms: dict[str, Any] = self.arms if isinstance(self.arms, dict) else DEFAULT_ARMS
         self.arms = dict(arms)
+        if self.rl_engine not in RL_ENGINES:
+            raise ValueError(f"rl_engine must be one of {', '.join(RL_ENGINES)}, got {self.rl_engine!r}")
+        if self.rl_engine == "plain" and "trec" in self.datasets and self.trec_lora_r > 0:
+            raise ValueError("the plain RL engine trains all weights: set trec_lora_r: 0 (or rl_engine: trl)")
         unknown = set(self.datasets) - {"rules", "trec"}
         if unknown:
             raise ValueError(f"unknown datasets {sorted(unknown)}: use rules and/or trec")
@@ -203,12 +217,10 @@ def run_rules_sft(config: AfrlStudyConfig, seed: int, out: Path) -> Path:
 
 
 def rl_config(config: AfrlStudyConfig, init: Path, out: Path, seed: int, spec: dict[str, Any], trec: bool) -> Any:
-    from training.rl.config import AfrlGRPOConfig
-
+    """The arm's RL settings: an `AfrlGRPOConfig` (TRL engine) or a `PlainRLConfig` (plain), from one mapping."""
     kw: dict[str, Any] = dict(
         output_dir=str(out),
         model=str(init),
-        data=["study"],  # the study passes the records itself
         max_steps=config.trec_rl_max_steps if trec else config.rl_max_steps,
         per_device_train_batch_size=config.rl_prompts_per_step * config.num_generations,
         num_generations=config.num_generations,
@@ -220,12 +232,15 @@ def rl_config(config: AfrlStudyConfig, init: Path, out: Path, seed: int, spec: d
         sft_coef_schedule=config.sft_coef_schedule,
         step_rewards=dict(config.step_rewards) if isinstance(config.step_rewards, dict) else None,
         logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
         seed=seed,
     )
+    if config.rl_engine == "plain":
+        from training.rl.loop import PlainRLConfig
+
+        return PlainRLConfig.from_mapping(kw | {"device": config.rl_device} | spec)
+    from training.rl.config import AfrlGRPOConfig
+
+    kw.update(data=["study"], save_strategy="no", report_to="none", use_cpu=True, bf16=False)  # records: the study's
     if trec and config.trec_lora_r > 0:
         kw.update(lora_r=config.trec_lora_r, lora_layers=config.trec_lora_layers)
     kw.update(spec)
@@ -296,7 +311,7 @@ def curve_callback(config: AfrlStudyConfig, rl: Any, init: Path, dev: list[Any] 
     """The RuleCurve of one RL run: the curve set of `dev`, scored under the init model's own contract."""
     from transformers import AutoTokenizer
 
-    from training.rl.trainer import contract_builder
+    from training.rl.rollouts import contract_builder
     from training.study_curve import CURVE_NAME, RuleCurve, curve_records
 
     assert dev is not None
@@ -309,7 +324,6 @@ def run_arm(
     config: AfrlStudyConfig, dataset: str, seed: int, arm: str, init: Path, train: list[Any], dev: list[Any] | None
 ) -> dict[str, Any] | None:
     """Train (unless SFT only) and evaluate one arm; a finished run is read back, not redone."""
-    from training.rl.trainer import train_rl
     from training.study_curve import read_curve
 
     run_dir = Path(config.output_dir) / dataset / f"seed{seed}" / arm
@@ -321,19 +335,31 @@ def run_arm(
         log.warning("%s has not run: left out of the results", run_dir)
         return None
     spec = config.arm_specs[arm]
-    cache = init / "study_eval.json"  # the SFT model's own numbers, shared by every seed that starts from it
+    # the SFT model's own numbers, shared by every seed that starts from it; kept out of a folder the study
+    # does not own (a shipped model's)
+    out_root = Path(config.output_dir).resolve()
+    owned = init.resolve().is_relative_to(out_root)
+    cache = init / "study_eval.json" if owned else out_root / dataset / f"{init.name}_eval.json"
     if spec is None and cache.is_file():
         model_dir, metrics = init, dict(json.loads(cache.read_text()))
     elif spec is None:
         model_dir = init
         metrics = evaluate_model(config, model_dir, dataset, dev)
+        cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(metrics))
     else:
         rl = rl_config(config, init, run_dir, seed, spec, dataset == "trec")
         callbacks = (
             [curve_callback(config, rl, init, dev, run_dir)] if dataset == "rules" and config.curve_every else []
         )
-        model_dir = train_rl(rl, train, callbacks=callbacks)
+        if config.rl_engine == "plain":
+            from training.rl.loop import train_rl_plain
+
+            model_dir = train_rl_plain(rl, train, callbacks=callbacks)
+        else:
+            from training.rl.trainer import train_rl
+
+            model_dir = train_rl(rl, train, callbacks=callbacks)
         metrics = evaluate_model(config, model_dir, dataset, dev)
         metrics["rl_train"] = rl_signals(model_dir / "train_log.json")
         metrics["curve"] = read_curve(run_dir)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -39,13 +38,14 @@ import torch
 from trl import GRPOTrainer
 from trl.trainer.utils import pad
 
-from afrl.contract import DEFAULT_INSTRUCTION, GradeScale, PromptBuilder
+from afrl.contract import GradeScale, PromptBuilder
 from afrl.manifest import MANIFEST_NAME, Manifest, load_verified
 from training.data import Record
 from training.losses import completion_nll
 from training.rl.advantages import group_step_advantages, token_advantages
 from training.rl.config import AfrlGRPOConfig
 from training.rl.rewards import COMPONENTS, Gold, make_reward_funcs, step_reward_matrix
+from training.rl.rollouts import contract_builder, rollout_metrics
 from training.rl.schedule import sft_coef_at
 from training.rl.steps import STEP_NAMES, NewlineCounter, token_steps
 from training.targets import build_example
@@ -198,20 +198,8 @@ class AfrlGRPOTrainer(GRPOTrainer):  # type: ignore[misc]
         metrics = self._metrics[mode]
         for s, name in enumerate(STEP_NAMES):
             metrics[f"step_reward/{name}"].append(rewards[:, s].mean().item())
-        k = len(self.grade_ids)
-        preds = [self.grade_ids.index(r[0]) if r and r[0] in self.grade_ids else -1 for r in rows]
-        counts = Counter(preds)
-        n = max(len(preds), 1)
-        for g in range(k):
-            metrics[f"grades/p{g}"].append(counts[g] / n)
-        metrics["grades/invalid"].append(counts[-1] / n)
-        valid = sum(counts[g] for g in range(k))
-        probs = [counts[g] / valid for g in range(k)] if valid else []
-        metrics["grades/entropy"].append(-sum(p * math.log(p) for p in probs if p > 0))
-        for g in range(k):
-            hits = [p == g for p, x in zip(preds, inputs, strict=True) if int(x["grade"]) == g]
-            if hits:
-                metrics[f"recall/grade_{g}"].append(sum(hits) / len(hits))
+        for key, value in rollout_metrics(rows, [int(x["grade"]) for x in inputs], self.grade_ids).items():
+            metrics[key].append(value)
 
     # ------------------------------------------------------------------------------------------- loss
 
@@ -233,16 +221,6 @@ class AfrlGRPOTrainer(GRPOTrainer):  # type: ignore[misc]
 
 
 # ----------------------------------------------------------------------------------------------- entry point
-
-
-def contract_builder(tokenizer: Any, model_dir: Path, config: AfrlGRPOConfig) -> tuple[PromptBuilder, GradeScale]:
-    """The prompt the model was trained with: its manifest's instruction and budgets unless the config names a
-    guideline file; a model without a manifest gets the config's settings."""
-    if (model_dir / MANIFEST_NAME).is_file() and config.instruction_file is None:
-        m = load_verified(model_dir)
-        return PromptBuilder(tokenizer, m.instruction, m.max_query_tokens, m.max_document_tokens), m.scale
-    instruction = Path(config.instruction_file).read_text().strip() if config.instruction_file else DEFAULT_INSTRUCTION
-    return PromptBuilder(tokenizer, instruction, config.max_query_tokens, config.max_document_tokens), GradeScale()
 
 
 def train_rl(config: AfrlGRPOConfig, records: list[Record] | None = None, callbacks: list[Any] | None = None) -> Path:

@@ -1,0 +1,84 @@
+"""The TRL-free parts of an RL step: the contract prompt, sampling a group, the gold targets, rollout metrics.
+
+Both RL engines use them: `training.rl.trainer` (TRL's GRPOTrainer, causal LMs) and `training.rl.loop` (a plain
+PyTorch loop that also takes a prefix LM and runs where TRL is not installed, such as the lent GPU machine).
+Sampling goes through `afrl.prefix_lm.prompt_pass` / `step_pass`, the passes the scorer and `/explain` use, so a
+prefix LM is sampled as it is served: bidirectional over the prompt, causal after it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from afrl.contract import DEFAULT_INSTRUCTION, GradeScale, PromptBuilder
+from afrl.manifest import MANIFEST_NAME, load_verified
+
+
+def contract_builder(tokenizer: Any, model_dir: Path, config: Any) -> tuple[PromptBuilder, GradeScale]:
+    """The prompt the model was trained with: its manifest's instruction and budgets unless the config names a
+    guideline file; a model without a manifest gets the config's settings (`instruction_file`,
+    `max_query_tokens`, `max_document_tokens`)."""
+    if (model_dir / MANIFEST_NAME).is_file() and config.instruction_file is None:
+        m = load_verified(model_dir)
+        return PromptBuilder(tokenizer, m.instruction, m.max_query_tokens, m.max_document_tokens), m.scale
+    instruction = Path(config.instruction_file).read_text().strip() if config.instruction_file else DEFAULT_INSTRUCTION
+    return PromptBuilder(tokenizer, instruction, config.max_query_tokens, config.max_document_tokens), GradeScale()
+
+
+@torch.no_grad()
+def sample_group(
+    model: Any,
+    prompt_ids: Sequence[int],
+    n: int,
+    max_new_tokens: int,
+    temperature: float,
+    end_ids: set[int],
+    generator: torch.Generator | None = None,
+) -> list[list[int]]:
+    """`n` completions of one prompt, sampled from softmax(logits / temperature) (no top-k / top-p, as TRL's
+    defaults), each ending with its end token (kept, so that stopping is learned) or cut at `max_new_tokens`."""
+    from afrl.prefix_lm import prompt_pass, step_pass
+
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 to sample a group (got {temperature})")
+    device = next(model.parameters()).device
+    logits, past = prompt_pass(model, torch.tensor([list(prompt_ids)], device=device).repeat(n, 1))
+    rows: list[list[int]] = [[] for _ in range(n)]
+    done = [False] * n
+    for _ in range(max_new_tokens):
+        probs = torch.softmax(logits.float() / temperature, dim=-1)
+        tokens = torch.multinomial(probs, 1, generator=generator)
+        for i, tok in enumerate(tokens[:, 0].tolist()):
+            if not done[i]:
+                rows[i].append(int(tok))
+                done[i] = int(tok) in end_ids
+        if all(done):
+            break
+        logits, past = step_pass(model, tokens, past)
+    return rows
+
+
+def rollout_metrics(rows: Sequence[Sequence[int]], gold_grades: Sequence[int], grade_ids: Sequence[int]) -> dict:
+    """The predicted-grade distribution of a batch of completions (`grades/p<g>`, `grades/invalid` when the
+    first token is not a grade), its entropy in nats (`grades/entropy`: low when the policy collapses onto a few
+    grades) and the recall of each gold grade present (`recall/grade_<g>`)."""
+    ids = list(grade_ids)
+    preds = [ids.index(r[0]) if r and r[0] in ids else -1 for r in rows]
+    counts = Counter(preds)
+    n = max(len(preds), 1)
+    out = {f"grades/p{g}": counts[g] / n for g in range(len(ids))}
+    out["grades/invalid"] = counts[-1] / n
+    valid = sum(counts[g] for g in range(len(ids)))
+    probs = [counts[g] / valid for g in range(len(ids))] if valid else []
+    out["grades/entropy"] = -sum(p * math.log(p) for p in probs if p > 0)
+    for g in range(len(ids)):
+        hits = [p == g for p, gold in zip(preds, gold_grades, strict=True) if gold == g]
+        if hits:
+            out[f"recall/grade_{g}"] = sum(hits) / len(hits)
+    return out
