@@ -18,7 +18,7 @@ from training.losses import completion_token_nll
 from training.rl import loop
 from training.rl.loop import PlainGRPO, PlainRLConfig, train_rl_plain
 from training.rl.rewards import COMPONENTS, Gold, make_reward_funcs
-from training.rl.rollouts import contract_builder, sample_group
+from training.rl.rollouts import contract_builder, sample_group, sample_groups
 
 G = 4
 ONLY_GRADE = {c: 0.0 for c in COMPONENTS} | {"grade_exact": 1.0}
@@ -72,6 +72,16 @@ def test_sampling_keeps_the_end_token_stops_at_the_limit_and_follows_its_seed(mo
         sample_group(model, prompt, 2, 5, 0.0, end_ids=set())
 
 
+def test_a_batch_of_left_padded_prompts_samples_as_each_prompt_alone(model_dir):
+    model, tok, _ = load_model(str(model_dir))
+    prompts = [tok.encode(t, add_special_tokens=False) for t in ("a short query", "a much longer query about shoes")]
+    assert len(prompts[0]) != len(prompts[1])  # so the batch is padded
+    near_greedy = dict(max_new_tokens=6, temperature=1e-4, end_ids=set())
+    together = sample_groups(model, prompts, 2, **near_greedy)
+    alone = [r for p in prompts for r in sample_group(model, p, 2, **near_greedy)]
+    assert together == alone
+
+
 def _logp(e: PlainGRPO, prompt: list[int], rows: list[list[int]]) -> torch.Tensor:
     ids, mask, labels = loop._sequences([prompt] * len(rows), rows, e.pad_id)
     with torch.no_grad():
@@ -88,7 +98,7 @@ def test_one_step_makes_the_rewarded_completion_likelier_and_the_others_less(mod
     eos = int(e.tokenizer.eos_token_id)
     newline = e.tokenizer.encode("\n", add_special_tokens=False)
     rows = [[e.grade_ids[0], *newline, eos]] + [[e.grade_ids[2], *newline, eos] for _ in range(G - 1)]
-    monkeypatch.setattr(loop, "sample_group", lambda *a, **k: [list(r) for r in rows])
+    monkeypatch.setattr(loop, "sample_groups", lambda *a, **k: [list(r) for r in rows])
     prompt = e.builder.build(record.query, record.document).input_ids
     before = _logp(e, prompt, rows[:2])
     entry = e.step(0, [record], [prompt], [rows[0]])
@@ -176,8 +186,8 @@ def test_the_study_runs_its_rl_arms_on_the_plain_engine(tmp_path):
         max_document_tokens=32,
         sft_max_steps=1,
         sft_batch_size=4,
-        rl_engine="plain",
-        rl_device="cpu",
+        engine="plain",
+        device="cpu",
         rl_max_steps=2,
         rl_prompts_per_step=1,
         num_generations=2,
@@ -204,6 +214,36 @@ def test_the_plain_engine_refuses_trec_lora():
     from training.study import AfrlStudyConfig
 
     with pytest.raises(ValueError, match="trec_lora_r: 0"):
-        AfrlStudyConfig(datasets=["trec"], rl_engine="plain", trec_lora_r=16)
-    with pytest.raises(ValueError, match="rl_engine"):
-        AfrlStudyConfig(rl_engine="vllm")
+        AfrlStudyConfig(datasets=["trec"], engine="plain", trec_lora_r=16)
+    with pytest.raises(ValueError, match="engine must be one of"):
+        AfrlStudyConfig(engine="vllm")
+
+
+def test_plain_sft_batches_are_exact_in_number_and_size_and_cover_each_epoch():
+    from training.plain_sft import sft_batches
+
+    batches = sft_batches(10, 4, 7, seed=0)
+    assert len(batches) == 7 and all(len(b) == 4 for b in batches)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))  # one epoch, then the next
+    assert sft_batches(10, 4, 7, seed=0) == batches != sft_batches(10, 4, 7, seed=1)
+    with pytest.raises(ValueError, match="need records"):
+        sft_batches(0, 4, 7, seed=0)
+
+
+def test_the_study_config_is_read_from_yaml_without_trl_and_refuses_typos(tmp_path):
+    from training.study import config_from_yaml
+
+    good = tmp_path / "s.yaml"
+    good.write_text("engine: plain\nseeds: [3]\nrl_max_steps: 5\n")
+    config = config_from_yaml(good, output_dir=str(tmp_path / "o"))
+    assert (config.engine, config.seeds, config.rl_max_steps, config.output_dir) == (
+        "plain",
+        [3],
+        5,
+        str(tmp_path / "o"),
+    )
+    bad = tmp_path / "b.yaml"
+    bad.write_text("engine: plain\nrl_max_step: 5\n")
+    with pytest.raises(ValueError, match="rl_max_step"):
+        config_from_yaml(bad)

@@ -42,7 +42,7 @@ DEFAULT_ARMS: dict[str, dict[str, Any] | None] = {
     "stepwise_sft": {"advantage_mode": "stepwise", "sft_coef": 0.5},
 }
 
-RL_ENGINES = ("trl", "plain")
+ENGINES = ("trl", "plain")
 
 
 @dataclass
@@ -130,14 +130,15 @@ class AfrlStudyConfig:
     trec_rl_max_steps: int = field(default=10, metadata={"help": "RL steps per arm on TREC"})
     trec_lora_r: int = field(default=16, metadata={"help": "LoRA rank of the TREC RL arms (0: full)"})
     trec_lora_layers: list[int] | None = field(default=None, metadata={"help": "layers that get LoRA"})
-    rl_engine: str = field(
+    engine: str = field(
         default="trl",
         metadata={
-            "help": "trl: TRL's GRPOTrainer (training/rl/trainer.py, causal LMs); plain: the TRL-free loop "
-            "(training/rl/loop.py), which also trains a prefix LM as it is served and runs where TRL is absent"
+            "help": "trl: TRL's SFTTrainer and GRPOTrainer (training/sft.py, training/rl/trainer.py; causal LMs); "
+            "plain: the TRL-free loops (training/plain_sft.py, training/rl/loop.py), which also train a prefix LM "
+            "as it is served and run where TRL is absent (the lent GPU machine)"
         },
     )
-    rl_device: str = field(default="auto", metadata={"help": "plain engine only: auto (cuda if present), cuda or cpu"})
+    device: str = field(default="auto", metadata={"help": "plain engine only: auto (cuda if present), cuda or cpu"})
     render_only: bool = field(
         default=False, metadata={"help": "train and evaluate nothing: rewrite the results from finished runs"}
     )
@@ -152,10 +153,12 @@ class AfrlStudyConfig:
             self.rules_scratch = json.loads(self.rules_scratch)
         arms: dict[str, Any] = self.arms if isinstance(self.arms, dict) else DEFAULT_ARMS
         self.arms = dict(arms)
-        if self.rl_engine not in RL_ENGINES:
-            raise ValueError(f"rl_engine must be one of {', '.join(RL_ENGINES)}, got {self.rl_engine!r}")
-        if self.rl_engine == "plain" and "trec" in self.datasets and self.trec_lora_r > 0:
-            raise ValueError("the plain RL engine trains all weights: set trec_lora_r: 0 (or rl_engine: trl)")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.engine == "plain" and "trec" in self.datasets and self.trec_lora_r > 0:
+            raise ValueError("the plain engine trains all weights: set trec_lora_r: 0 (or engine: trl)")
+        if self.engine == "plain" and self.rules_keep_layers:
+            raise ValueError("the plain engine trains whole models: drop rules_keep_layers (or engine: trl)")
         unknown = set(self.datasets) - {"rules", "trec"}
         if unknown:
             raise ValueError(f"unknown datasets {sorted(unknown)}: use rules and/or trec")
@@ -176,18 +179,38 @@ def rules_records(config: AfrlStudyConfig, seed: int) -> tuple[list[Any], list[A
 
 
 def run_rules_sft(config: AfrlStudyConfig, seed: int, out: Path) -> Path:
-    from training.config import AfrlSFTConfig
-    from training.sft import train_sft
+    from afrl.contract import DEFAULT_INSTRUCTION
 
     if (out / "afrl.json").is_file():
         return out
     model = config.rules_model
+    instruction = Path(config.rules_instruction_file).read_text().strip() if config.rules_instruction_file else None
     if model == "scratch":  # SFT seeds vary the initial weights too
         from training.rule_lm import save_rule_lm
 
         sizes = config.rules_scratch if isinstance(config.rules_scratch, dict) else {}
-        instruction = Path(config.rules_instruction_file).read_text().strip() if config.rules_instruction_file else None
         model = str(save_rule_lm(out.parent / "init_model", seed=seed, instruction=instruction, **sizes))
+    if config.engine == "plain":
+        from training.plain_sft import train_sft_plain
+
+        return train_sft_plain(
+            model,
+            rules_records(config, seed)[0],
+            out,
+            instruction=instruction or DEFAULT_INSTRUCTION,
+            max_query_tokens=config.max_query_tokens,
+            max_document_tokens=config.max_document_tokens,
+            max_steps=config.sft_max_steps,
+            batch_size=config.sft_batch_size,
+            learning_rate=config.sft_learning_rate,
+            grade_weight=config.sft_grade_loss_weight,
+            seed=seed,
+            device=config.device,
+            data=[f"rules:{config.rules_train}:{seed}"],
+        )
+    from training.config import AfrlSFTConfig
+    from training.sft import train_sft
+
     sft = AfrlSFTConfig(
         output_dir=str(out),
         model=model,
@@ -234,10 +257,10 @@ def rl_config(config: AfrlStudyConfig, init: Path, out: Path, seed: int, spec: d
         logging_steps=1,
         seed=seed,
     )
-    if config.rl_engine == "plain":
+    if config.engine == "plain":
         from training.rl.loop import PlainRLConfig
 
-        return PlainRLConfig.from_mapping(kw | {"device": config.rl_device} | spec)
+        return PlainRLConfig.from_mapping(kw | {"device": config.device} | spec)
     from training.rl.config import AfrlGRPOConfig
 
     kw.update(data=["study"], save_strategy="no", report_to="none", use_cpu=True, bf16=False)  # records: the study's
@@ -352,7 +375,7 @@ def run_arm(
         callbacks = (
             [curve_callback(config, rl, init, dev, run_dir)] if dataset == "rules" and config.curve_every else []
         )
-        if config.rl_engine == "plain":
+        if config.engine == "plain":
             from training.rl.loop import train_rl_plain
 
             model_dir = train_rl_plain(rl, train, callbacks=callbacks)
@@ -463,6 +486,20 @@ def select_best_teacher(
     return record
 
 
+def config_from_yaml(path: Path, **overrides: Any) -> AfrlStudyConfig:
+    """The study config of a YAML file, refusing unknown keys by name (a typo must not silently use a default)."""
+    import dataclasses
+
+    import yaml
+
+    values = yaml.safe_load(path.read_text()) or {}
+    known = {f.name for f in dataclasses.fields(AfrlStudyConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown study settings {unknown}")
+    return AfrlStudyConfig(**(values | {k: v for k, v in overrides.items() if v is not None}))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -474,8 +511,18 @@ def main(argv: list[str] | None = None) -> int:
         "eval.json or metrics.json beside or inside the folder)",
     )
     bt.add_argument("--out", default="runs/best_teacher")
+    rn = sub.add_parser(
+        "run",
+        help="run the study from its YAML without TRL's argument parser (the lent GPU machine has no TRL): "
+        "the same as `afrl train study --config FILE`",
+    )
+    rn.add_argument("--config", required=True)
+    rn.add_argument("--output_dir", default=None, help="overrides the config's (and its results paths stay)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    if args.cmd == "run":
+        run_study(config_from_yaml(Path(args.config), output_dir=args.output_dir))
+        return 0
     folders, known = [], []
     for spec in args.candidates:
         folder, _, metrics = spec.partition(":")

@@ -43,7 +43,7 @@ from training.data import Record
 from training.losses import completion_nll, completion_token_nll
 from training.rl.advantages import group_step_advantages
 from training.rl.rewards import COMPONENTS, Gold, completion_level, resolve_weights, step_reward_matrix
-from training.rl.rollouts import contract_builder, rollout_metrics, sample_group
+from training.rl.rollouts import contract_builder, rollout_metrics, sample_groups
 from training.rl.schedule import SCHEDULES, sft_coef_at
 from training.rl.steps import STEP_NAMES, NewlineCounter, token_steps
 
@@ -175,11 +175,9 @@ class PlainGRPO:
         c = self.config
         g = c.num_generations
         self.model.eval()
-        rows: list[list[int]] = []
-        for ids in prompt_ids:
-            rows += sample_group(
-                self.model, ids, g, c.max_completion_length, c.temperature, self.end_ids, self.generator
-            )
+        rows = sample_groups(
+            self.model, prompt_ids, g, c.max_completion_length, c.temperature, self.end_ids, self.generator
+        )
         self.model.train()
         texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
         golds = [Gold(r.grade, r.document, r.rule) for r in records for _ in range(g)]

@@ -45,10 +45,73 @@ def sample_group(
     defaults), each ending with its end token (kept, so that stopping is learned) or cut at `max_new_tokens`."""
     from afrl.prefix_lm import prompt_pass, step_pass
 
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0 to sample a group (got {temperature})")
     device = next(model.parameters()).device
     logits, past = prompt_pass(model, torch.tensor([list(prompt_ids)], device=device).repeat(n, 1))
+    return _sample(
+        lambda tokens, cache: step_pass(model, tokens, cache),
+        logits,
+        past,
+        max_new_tokens,
+        temperature,
+        end_ids,
+        generator,
+    )
+
+
+@torch.no_grad()
+def sample_groups(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    n: int,
+    max_new_tokens: int,
+    temperature: float,
+    end_ids: set[int],
+    generator: torch.Generator | None = None,
+) -> list[list[int]]:
+    """`n` completions of every prompt, in prompt order (the first prompt's group, then the next one's). A causal
+    LM samples the whole batch at once from left-padded prompts (one forward per token for all groups, as TRL's
+    generate does); a prefix LM samples one group at a time, since its cached step pass takes no padding mask."""
+    from afrl.prefix_lm import is_prefix_lm
+    from afrl.scorer import pad_batch, position_ids_from_mask
+
+    if is_prefix_lm(model) or len(prompts) == 1:
+        return [r for p in prompts for r in sample_group(model, p, n, max_new_tokens, temperature, end_ids, generator)]
+    device = next(model.parameters()).device
+    ids, mask = pad_batch([list(p) for p in prompts for _ in range(n)], 0, side="left")
+    ids, mask = ids.to(device), mask.to(device)
+    positions = position_ids_from_mask(mask)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    state = {"mask": mask, "next": positions[:, -1:] + 1}
+
+    def step(tokens: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
+        state["mask"] = torch.cat([state["mask"], torch.ones_like(tokens)], dim=1)
+        o = model(
+            input_ids=tokens,
+            attention_mask=state["mask"],
+            position_ids=state["next"],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        state["next"] = state["next"] + 1
+        return o.logits[:, -1], o.past_key_values
+
+    return _sample(step, out.logits[:, -1], out.past_key_values, max_new_tokens, temperature, end_ids, generator)
+
+
+def _sample(
+    step: Any,
+    logits: torch.Tensor,
+    past: Any,
+    max_new_tokens: int,
+    temperature: float,
+    end_ids: set[int],
+    generator: torch.Generator | None,
+) -> list[list[int]]:
+    """The token loop both samplers share: draw, keep the rows that have not ended, feed the draws back."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 to sample a group (got {temperature})")
+    n = logits.shape[0]
     rows: list[list[int]] = [[] for _ in range(n)]
     done = [False] * n
     for _ in range(max_new_tokens):
@@ -60,7 +123,7 @@ def sample_group(
                 done[i] = int(tok) in end_ids
         if all(done):
             break
-        logits, past = step_pass(model, tokens, past)
+        logits, past = step(tokens, past)
     return rows
 
 
