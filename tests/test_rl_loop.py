@@ -247,3 +247,21 @@ def test_the_study_config_is_read_from_yaml_without_trl_and_refuses_typos(tmp_pa
     bad.write_text("engine: plain\nrl_max_step: 5\n")
     with pytest.raises(ValueError, match="rl_max_step"):
         config_from_yaml(bad)
+
+
+def test_python_m_training_study_run_takes_overrides_and_renders_finished_runs(tmp_path):
+    from training.study import main
+
+    run_dir = tmp_path / "study" / "rules" / "seed0" / "grpo"
+    run_dir.mkdir(parents=True)
+    (run_dir / "eval.json").write_text(
+        json.dumps({"dataset": "rules", "arm": "grpo", "seed": 0, "spec": {}, "tail_rule_accuracy": 0.25})
+    )
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(f"engine: plain\noutput_dir: {tmp_path / 'study'}\nseeds: [0]\nrules_train: 8\nrules_dev: 8\n")
+    out = tmp_path / "mb.json"
+    sets = [f"results_json={out}", f"results_md={tmp_path / 'R.md'}", "notes_md=null", "plot_png=null"]
+    assert main(["run", "--config", str(cfg), "--set", "render_only=true", *sets]) == 0
+    assert [e["arm"] for e in json.loads(out.read_text())["entries"]] == ["grpo"]
+    with pytest.raises(SystemExit):
+        main(["run", "--config", str(cfg), "--set", "render_only"])

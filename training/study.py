@@ -487,17 +487,18 @@ def select_best_teacher(
 
 
 def config_from_yaml(path: Path, **overrides: Any) -> AfrlStudyConfig:
-    """The study config of a YAML file, refusing unknown keys by name (a typo must not silently use a default)."""
+    """The study config of a YAML file and overrides, refusing unknown keys by name (a typo must not silently use
+    a default)."""
     import dataclasses
 
     import yaml
 
     values = yaml.safe_load(path.read_text()) or {}
     known = {f.name for f in dataclasses.fields(AfrlStudyConfig)}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(set(values | overrides) - known)
     if unknown:
         raise ValueError(f"{path}: unknown study settings {unknown}")
-    return AfrlStudyConfig(**(values | {k: v for k, v in overrides.items() if v is not None}))
+    return AfrlStudyConfig(**(values | overrides))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -517,11 +518,23 @@ def main(argv: list[str] | None = None) -> int:
         "the same as `afrl train study --config FILE`",
     )
     rn.add_argument("--config", required=True)
-    rn.add_argument("--output_dir", default=None, help="overrides the config's (and its results paths stay)")
+    rn.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override settings (VALUE read as YAML: --set plot_png=null seeds=[0,1])",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     if args.cmd == "run":
-        run_study(config_from_yaml(Path(args.config), output_dir=args.output_dir))
+        import yaml
+
+        pairs = [item.partition("=") for item in args.set]
+        bad = [k for k, eq, _ in pairs if not eq]
+        if bad:
+            parser.error(f"--set takes KEY=VALUE, got {bad}")
+        run_study(config_from_yaml(Path(args.config), **{k: yaml.safe_load(v) for k, _, v in pairs}))
         return 0
     folders, known = [], []
     for spec in args.candidates:
