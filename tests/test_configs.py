@@ -22,7 +22,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "training" / "configs"
 
 # file-name prefixes that are not themselves stage names -> a stage name in training.cli.STAGES, or "module:Class"
 # (e.g. "grpo": "rl", or "mystage": "training.mystage:MyConfig")
-CONFIG_PREFIXES: dict[str, str] = {}
+CONFIG_PREFIXES: dict[str, str] = {"plainrl": "training.rl.loop:PlainRLConfig"}
 
 
 def config_class(path: Path) -> type:

@@ -20,7 +20,7 @@ what TRL 1.16 does at the defaults the study runs with:
 - AdamW (no weight decay), linear decay to 0 over `max_steps`, gradients clipped at 1.0.
 Not done: LoRA, checkpoints mid-run (a study arm is minutes long; a stopped arm starts over), vLLM.
 
-    python -m training.rl.loop --config training/configs/rl_plain_tiny.yaml      # the YAML holds PlainRLConfig
+    python -m training.rl.loop --config training/configs/plainrl_rules.yaml [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class PlainRLConfig:
     sft_coef_final: float | None = None
     sft_coef_schedule: str = "constant"
     kl_coef: float = 0.0
-    step_rewards: dict[str, float] | None = None
+    step_rewards: dict[str, float] | str | None = None  # a mapping, or its JSON on a command line
     seed: int = 0
     device: str = "auto"  # auto: cuda when available
     instruction_file: str | None = None
@@ -101,7 +101,9 @@ class PlainRLConfig:
             raise ValueError("sft_coef, sft_coef_final and kl_coef must be >= 0")
         if self.sft_coef_final is None:
             self.sft_coef_final = self.sft_coef
-        self.step_rewards = resolve_weights(self.step_rewards)
+        if isinstance(self.step_rewards, str):
+            self.step_rewards = json.loads(self.step_rewards)
+        self.step_rewards = resolve_weights(self.step_rewards)  # type: ignore[arg-type]
 
     @property
     def prompts_per_step(self) -> int:
@@ -334,12 +336,15 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="YAML mapping of PlainRLConfig fields")
-    ap.add_argument("--output_dir", default=None, help="overrides the config's")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override settings (VALUE read as YAML)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     values = yaml.safe_load(Path(args.config).read_text()) or {}
-    if args.output_dir:
-        values["output_dir"] = args.output_dir
+    for item in args.set:
+        key, eq, value = item.partition("=")
+        if not eq:
+            ap.error(f"--set takes KEY=VALUE, got {item!r}")
+        values[key] = yaml.safe_load(value)
     config = PlainRLConfig.from_mapping(values)
     if not config.data:
         raise SystemExit(f"{args.config}: set `data` to at least one source (e.g. rules:256:0 or trec:DIR:train)")
