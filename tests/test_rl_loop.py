@@ -14,7 +14,6 @@ from afrl.models import load_model
 from afrl.scorer import load_scorer
 from afrl.testing import save_tiny_model
 from training.data import Record
-from training.losses import completion_token_nll
 from training.rl import loop
 from training.rl.loop import PlainGRPO, PlainRLConfig, train_rl_plain
 from training.rl.rewards import COMPONENTS, Gold, make_reward_funcs
@@ -82,17 +81,28 @@ def test_a_batch_of_left_padded_prompts_samples_as_each_prompt_alone(model_dir):
     assert together == alone
 
 
+def test_grade_first_draws_only_grade_tokens_first(model_dir, tmp_path):
+    e = engine(model_dir, config(model_dir, tmp_path))
+    prompt = e.tokenizer.encode("a query and a document", add_special_tokens=False)
+    rows = sample_groups(e.model, [prompt], 16, 3, 1.0, end_ids=set(), first_ids=e.grade_ids)
+    assert all(r[0] in e.grade_ids for r in rows) and len({r[1] for r in rows}) > 1  # then the whole vocabulary
+
+
 def _logp(e: PlainGRPO, prompt: list[int], rows: list[list[int]]) -> torch.Tensor:
     ids, mask, labels = loop._sequences([prompt] * len(rows), rows, e.pad_id)
     with torch.no_grad():
-        nll, _, keep = completion_token_nll(e.model, ids, mask, labels)
+        nll, keep = e.token_nll(e.model, ids, mask, labels)
     row_of = torch.arange(len(rows))[:, None].expand_as(keep)[keep]
     return -torch.zeros(len(rows)).index_add_(0, row_of, nll)
 
 
-@pytest.mark.parametrize("mode", ["stepwise", "completion"])
-def test_one_step_makes_the_rewarded_completion_likelier_and_the_others_less(model_dir, tmp_path, monkeypatch, mode):
-    cfg = config(model_dir, tmp_path, step_rewards=ONLY_GRADE, learning_rate=3e-3, advantage_mode=mode)
+@pytest.mark.parametrize("mode, grade_first", [("stepwise", False), ("completion", False), ("stepwise", True)])
+def test_one_step_makes_the_rewarded_completion_likelier_and_the_others_less(
+    model_dir, tmp_path, monkeypatch, mode, grade_first
+):
+    cfg = config(
+        model_dir, tmp_path, step_rewards=ONLY_GRADE, learning_rate=3e-3, advantage_mode=mode, grade_first=grade_first
+    )
     e = engine(model_dir, cfg)
     record = records(1)[0]  # gold grade 0
     eos = int(e.tokenizer.eos_token_id)
@@ -217,6 +227,8 @@ def test_the_plain_engine_refuses_trec_lora():
         AfrlStudyConfig(datasets=["trec"], engine="plain", trec_lora_r=16)
     with pytest.raises(ValueError, match="engine must be one of"):
         AfrlStudyConfig(engine="vllm")
+    with pytest.raises(ValueError, match="grade_first needs engine: plain"):
+        AfrlStudyConfig(grade_first=True)
 
 
 def test_plain_sft_batches_are_exact_in_number_and_size_and_cover_each_epoch():

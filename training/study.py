@@ -139,6 +139,13 @@ class AfrlStudyConfig:
         },
     )
     device: str = field(default="auto", metadata={"help": "plain engine only: auto (cuda if present), cuda or cpu"})
+    grade_first: bool = field(
+        default=False,
+        metadata={
+            "help": "plain engine only: RL draws the first token among the grade tokens (the scorer's distribution); "
+            "for a student distilled on grade logits alone, whose free first token is rarely a grade"
+        },
+    )
     render_only: bool = field(
         default=False, metadata={"help": "train and evaluate nothing: rewrite the results from finished runs"}
     )
@@ -157,6 +164,8 @@ class AfrlStudyConfig:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.engine == "plain" and "trec" in self.datasets and self.trec_lora_r > 0:
             raise ValueError("the plain engine trains all weights: set trec_lora_r: 0 (or engine: trl)")
+        if self.engine != "plain" and self.grade_first:
+            raise ValueError("grade_first needs engine: plain (TRL samples the whole vocabulary)")
         if self.engine == "plain" and self.rules_keep_layers:
             raise ValueError("the plain engine trains whole models: drop rules_keep_layers (or engine: trl)")
         unknown = set(self.datasets) - {"rules", "trec"}
@@ -260,7 +269,7 @@ def rl_config(config: AfrlStudyConfig, init: Path, out: Path, seed: int, spec: d
     if config.engine == "plain":
         from training.rl.loop import PlainRLConfig
 
-        return PlainRLConfig.from_mapping(kw | {"device": config.device} | spec)
+        return PlainRLConfig.from_mapping(kw | {"device": config.device, "grade_first": config.grade_first} | spec)
     from training.rl.config import AfrlGRPOConfig
 
     kw.update(data=["study"], save_strategy="no", report_to="none", use_cpu=True, bf16=False)  # records: the study's

@@ -78,6 +78,10 @@ class PlainRLConfig:
     max_query_tokens: int = 64
     max_document_tokens: int = 256
     explanations: bool = True
+    # draw the first token among the grade tokens only (renormalised), the distribution the scorer reads, and
+    # train that restricted log-probability: for a student distilled on the grade logits alone, whose free first
+    # token is rarely a grade token (so every group would get zero reward)
+    grade_first: bool = False
     logging_steps: int = 1
     data: list[str] = field(default_factory=list)  # sources for the CLI; the study passes records itself
 
@@ -173,12 +177,27 @@ class PlainGRPO:
         )
         return per_step, total
 
+    def token_nll(self, model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> tuple:
+        """(NLL of every completion token, the `keep` mask): `completion_token_nll`, with the first token's NLL
+        over the grade tokens alone when `grade_first` (the distribution it was drawn from)."""
+        nll, logits, keep = completion_token_nll(model, ids, mask, labels)
+        if not self.config.grade_first:
+            return nll, keep
+        first = (keep & (keep.long().cumsum(-1) == 1))[keep]
+        chosen = labels[:, 1:][keep][first]
+        index = torch.tensor([self.grade_ids.index(int(t)) for t in chosen], device=nll.device)
+        restricted = -logits[first][:, self.grade_ids].log_softmax(-1).gather(1, index[:, None])[:, 0]
+        first_nll = torch.zeros_like(nll)
+        first_nll[first] = restricted
+        return torch.where(first, first_nll, nll), keep
+
     def step(self, step: int, records: list[Record], prompt_ids: list[list[int]], gold_ids: list[list[int]]) -> dict:
         c = self.config
         g = c.num_generations
         self.model.eval()
+        first = self.grade_ids if c.grade_first else None
         rows = sample_groups(
-            self.model, prompt_ids, g, c.max_completion_length, c.temperature, self.end_ids, self.generator
+            self.model, prompt_ids, g, c.max_completion_length, c.temperature, self.end_ids, self.generator, first
         )
         self.model.train()
         texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
@@ -193,14 +212,14 @@ class PlainGRPO:
         for i, (p, r) in enumerate(zip(prompts, rows, strict=True)):
             steps = token_steps(r, self.newlines) if c.advantage_mode == "stepwise" else [0] * len(r)
             token_adv[i, len(p) : len(p) + len(r)] = adv[i, torch.tensor(steps, dtype=torch.long)]
-        nll, _, keep = completion_token_nll(self.model, ids, mask, labels)
+        nll, keep = self.token_nll(self.model, ids, mask, labels)
         flat_adv = token_adv[:, 1:].to(self.device)[keep]
         n_tokens = max(int(keep.sum()), 1)
         loss = (flat_adv * nll).sum() / n_tokens  # -A * log p, the on-policy surrogate
         entry: dict[str, Any] = {"policy_loss": loss.item()}
         if self.ref is not None:
             with torch.no_grad():
-                ref_nll, _, _ = completion_token_nll(self.ref, ids, mask, labels)
+                ref_nll, _ = self.token_nll(self.ref, ids, mask, labels)
             delta = nll - ref_nll  # log p_ref - log p
             kl = torch.exp(delta) - delta - 1
             loss = loss + c.kl_coef * kl.sum() / n_tokens
@@ -303,7 +322,9 @@ def train_rl_plain(config: PlainRLConfig, records: list[Record], callbacks: list
         entry["seconds"] = time.time() - start
         history.append(entry)
         if (step + 1) % config.logging_steps == 0 or step + 1 == config.max_steps:
-            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in entry.items()}), flush=True)
+            print(
+                json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in entry.items()}), flush=True
+            )
         call("on_step_end", step + 1)
     call("on_train_end", config.max_steps)
     model.eval()

@@ -40,9 +40,11 @@ def sample_group(
     temperature: float,
     end_ids: set[int],
     generator: torch.Generator | None = None,
+    first_ids: Sequence[int] | None = None,
 ) -> list[list[int]]:
     """`n` completions of one prompt, sampled from softmax(logits / temperature) (no top-k / top-p, as TRL's
-    defaults), each ending with its end token (kept, so that stopping is learned) or cut at `max_new_tokens`."""
+    defaults), each ending with its end token (kept, so that stopping is learned) or cut at `max_new_tokens`.
+    With `first_ids`, the first token is drawn among those ids only (renormalised): the grade tokens."""
     from afrl.prefix_lm import prompt_pass, step_pass
 
     device = next(model.parameters()).device
@@ -55,6 +57,7 @@ def sample_group(
         temperature,
         end_ids,
         generator,
+        first_ids,
     )
 
 
@@ -67,6 +70,7 @@ def sample_groups(
     temperature: float,
     end_ids: set[int],
     generator: torch.Generator | None = None,
+    first_ids: Sequence[int] | None = None,
 ) -> list[list[int]]:
     """`n` completions of every prompt, in prompt order (the first prompt's group, then the next one's). A causal
     LM samples the whole batch at once from left-padded prompts (one forward per token for all groups, as TRL's
@@ -75,7 +79,11 @@ def sample_groups(
     from afrl.scorer import pad_batch, position_ids_from_mask
 
     if is_prefix_lm(model) or len(prompts) == 1:
-        return [r for p in prompts for r in sample_group(model, p, n, max_new_tokens, temperature, end_ids, generator)]
+        return [
+            r
+            for p in prompts
+            for r in sample_group(model, p, n, max_new_tokens, temperature, end_ids, generator, first_ids)
+        ]
     device = next(model.parameters()).device
     ids, mask = pad_batch([list(p) for p in prompts for _ in range(n)], 0, side="left")
     ids, mask = ids.to(device), mask.to(device)
@@ -96,7 +104,9 @@ def sample_groups(
         state["next"] = state["next"] + 1
         return o.logits[:, -1], o.past_key_values
 
-    return _sample(step, out.logits[:, -1], out.past_key_values, max_new_tokens, temperature, end_ids, generator)
+    return _sample(
+        step, out.logits[:, -1], out.past_key_values, max_new_tokens, temperature, end_ids, generator, first_ids
+    )
 
 
 def _sample(
@@ -107,6 +117,7 @@ def _sample(
     temperature: float,
     end_ids: set[int],
     generator: torch.Generator | None,
+    first_ids: Sequence[int] | None = None,
 ) -> list[list[int]]:
     """The token loop both samplers share: draw, keep the rows that have not ended, feed the draws back."""
     if temperature <= 0:
@@ -114,8 +125,13 @@ def _sample(
     n = logits.shape[0]
     rows: list[list[int]] = [[] for _ in range(n)]
     done = [False] * n
-    for _ in range(max_new_tokens):
-        probs = torch.softmax(logits.float() / temperature, dim=-1)
+    for t in range(max_new_tokens):
+        logits = logits.float()
+        if t == 0 and first_ids is not None:
+            allowed = torch.full_like(logits, float("-inf"))
+            allowed[:, list(first_ids)] = 0.0
+            logits = logits + allowed
+        probs = torch.softmax(logits / temperature, dim=-1)
         tokens = torch.multinomial(probs, 1, generator=generator)
         for i, tok in enumerate(tokens[:, 0].tolist()):
             if not done[i]:
