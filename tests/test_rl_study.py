@@ -168,3 +168,14 @@ def test_render_only_rewrites_results_from_finished_runs_without_training(tmp_pa
     summary = json.loads((tmp_path / "mb.json").read_text())
     assert [(e["arm"], e["seeds"]) for e in summary["entries"]] == [("grpo", [0])]
     assert not (tmp_path / "study" / "rules" / "seed0" / "sft_model").exists()
+
+
+def test_the_budget_line_names_only_the_datasets_that_ran(tmp_path):
+    common = dict(results_md=str(tmp_path / "R.md"), notes_md=None, plot_png=None, engine="plain")
+    trec = AfrlStudyConfig(datasets=["trec"], trec_lora_r=0, grade_first=True, trec_sft_model="m/student", **common)
+    text = render_results(summarise([run("grpo", 0, 0.0, ndcg=0.5, dataset="trec")], trec), trec)
+    assert "TREC DL from `m/student`" in text and "grade drawn first" in text and "engine plain" in text
+    assert "rule world" not in text and "appended below" not in text
+    rules = AfrlStudyConfig(datasets=["rules"], **common)
+    text = render_results(summarise([run("grpo", 0, 0.3)], rules), rules)
+    assert "rule world 512 train" in text and "TREC DL from" not in text
