@@ -110,6 +110,12 @@ class PlainRLConfig:
         self.step_rewards = resolve_weights(self.step_rewards)  # type: ignore[arg-type]
 
     @property
+    def weights(self) -> dict[str, float]:
+        """The resolved reward weights (every component named)."""
+        assert isinstance(self.step_rewards, dict)
+        return dict(self.step_rewards)
+
+    @property
     def prompts_per_step(self) -> int:
         return self.per_device_train_batch_size // self.num_generations
 
@@ -156,7 +162,7 @@ class PlainGRPO:
         self.end_ids = end_token_ids(model, tokenizer)
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
         self.newlines = NewlineCounter(tokenizer)
-        self.weights = dict(config.step_rewards or {})
+        self.weights = config.weights
         params = [p for p in model.parameters() if p.requires_grad]
         self.params = params
         self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
@@ -310,7 +316,7 @@ def train_rl_plain(config: PlainRLConfig, records: list[Record], callbacks: list
     call("on_train_begin", 0)
     start = time.time()
     for step in range(config.max_steps):
-        batch = []
+        batch: list[int] = []
         while len(batch) < config.prompts_per_step:
             if not order:
                 order = list(range(len(records)))
