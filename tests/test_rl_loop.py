@@ -184,18 +184,12 @@ def test_bad_settings_are_refused_with_the_fix(tmp_path, kw, message):
 
 
 def test_the_study_runs_its_rl_arms_on_the_plain_engine(tmp_path):
-    from training.study import AfrlStudyConfig, run_study
+    from tests.test_rl_study import tiny_study
+    from training.study import run_study
 
-    study = AfrlStudyConfig(
-        output_dir=str(tmp_path / "study"),
-        seeds=[0],
-        rules_model=str(save_tiny_model(tmp_path / "tiny", arch="bert")),
-        rules_train=16,
-        rules_dev=24,
-        max_query_tokens=16,
-        max_document_tokens=32,
-        sft_max_steps=1,
-        sft_batch_size=4,
+    study = tiny_study(
+        tmp_path,
+        save_tiny_model(tmp_path / "tiny", arch="bert"),
         engine="plain",
         device="cpu",
         rl_max_steps=2,

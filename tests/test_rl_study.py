@@ -70,9 +70,9 @@ def test_best_teacher_is_the_best_dev_ndcg_with_its_manifest(tmp_path):
     assert json.loads((tmp_path / "best" / "teacher.json").read_text())["ndcg@10"] == 0.47
 
 
-def test_study_command_end_to_end_on_a_tiny_model(tmp_path):
-    model = save_tiny_model(tmp_path / "tiny")
-    config = AfrlStudyConfig(
+def tiny_study(tmp_path: Path, model: Path, **kw) -> AfrlStudyConfig:
+    """A one-seed rule-world study on a tiny model folder that runs in seconds; `kw` sets the rest."""
+    base = dict(
         output_dir=str(tmp_path / "study"),
         seeds=[0],
         rules_model=str(model),
@@ -82,6 +82,14 @@ def test_study_command_end_to_end_on_a_tiny_model(tmp_path):
         max_document_tokens=32,
         sft_max_steps=1,
         sft_batch_size=4,
+    )
+    return AfrlStudyConfig(**(base | kw))
+
+
+def test_study_command_end_to_end_on_a_tiny_model(tmp_path):
+    config = tiny_study(
+        tmp_path,
+        save_tiny_model(tmp_path / "tiny"),
         rl_max_steps=1,
         rl_prompts_per_step=1,
         num_generations=2,

@@ -537,13 +537,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     if args.cmd == "run":
-        import yaml
+        from training.rl.rollouts import parse_overrides
 
-        pairs = [item.partition("=") for item in args.set]
-        bad = [k for k, eq, _ in pairs if not eq]
-        if bad:
-            parser.error(f"--set takes KEY=VALUE, got {bad}")
-        run_study(config_from_yaml(Path(args.config), **{k: yaml.safe_load(v) for k, _, v in pairs}))
+        try:
+            overrides = parse_overrides(args.set)
+        except ValueError as e:
+            parser.error(str(e))
+        run_study(config_from_yaml(Path(args.config), **overrides))
         return 0
     folders, known = [], []
     for spec in args.candidates:

@@ -43,7 +43,13 @@ from training.data import Record
 from training.losses import completion_nll, completion_token_nll
 from training.rl.advantages import group_step_advantages
 from training.rl.rewards import COMPONENTS, Gold, completion_level, resolve_weights, step_reward_matrix
-from training.rl.rollouts import contract_builder, rollout_metrics, sample_groups
+from training.rl.rollouts import (
+    contract_builder,
+    parse_overrides,
+    prompt_and_gold_ids,
+    rollout_metrics,
+    sample_groups,
+)
 from training.rl.schedule import SCHEDULES, sft_coef_at
 from training.rl.steps import STEP_NAMES, NewlineCounter, token_steps
 
@@ -163,9 +169,8 @@ class PlainGRPO:
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
         self.newlines = NewlineCounter(tokenizer)
         self.weights = config.weights
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.params = params
-        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate, weight_decay=0.0)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.ref = None
         if config.kl_coef > 0:
@@ -260,19 +265,6 @@ class PlainGRPO:
         return entry
 
 
-def _prompt_and_gold(records: list[Record], builder: Any, scale: Any, with_explanation: bool) -> tuple[list, list]:
-    from training.targets import build_example
-
-    grade_ids = scale.token_ids(builder.tokenizer)
-    prompts, golds = [], []
-    for r in records:
-        example = build_example(r, builder, scale, grade_ids, with_explanation)
-        n_prompt = len(example["input_ids"]) - sum(example["completion_mask"])
-        prompts.append(example["input_ids"][:n_prompt])
-        golds.append(example["input_ids"][n_prompt:])
-    return prompts, golds
-
-
 def train_rl_plain(config: PlainRLConfig, records: list[Record], callbacks: list[Any] | None = None) -> Path:
     """Run the loop from `config.model` and write full weights, `train_log.json` and the manifest to output_dir.
 
@@ -288,7 +280,7 @@ def train_rl_plain(config: PlainRLConfig, records: list[Record], callbacks: list
     model, tokenizer, model_dir = load_model(config.model)
     model.to(device)
     builder, scale = contract_builder(tokenizer, model_dir, config)
-    prompt_ids, gold_ids = _prompt_and_gold(records, builder, scale, config.explanations)
+    prompt_ids, gold_ids = prompt_and_gold_ids(records, builder, scale, config.explanations)
     engine = PlainGRPO(config, model, tokenizer, builder, scale)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -366,12 +358,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override settings (VALUE read as YAML)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    values = yaml.safe_load(Path(args.config).read_text()) or {}
-    for item in args.set:
-        key, eq, value = item.partition("=")
-        if not eq:
-            ap.error(f"--set takes KEY=VALUE, got {item!r}")
-        values[key] = yaml.safe_load(value)
+    try:
+        overrides = parse_overrides(args.set)
+    except ValueError as e:
+        ap.error(str(e))
+    values = (yaml.safe_load(Path(args.config).read_text()) or {}) | overrides
     config = PlainRLConfig.from_mapping(values)
     if not config.data:
         raise SystemExit(f"{args.config}: set `data` to at least one source (e.g. rules:256:0 or trec:DIR:train)")

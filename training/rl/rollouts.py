@@ -31,6 +31,36 @@ def contract_builder(tokenizer: Any, model_dir: Path, config: Any) -> tuple[Prom
     return PromptBuilder(tokenizer, instruction, config.max_query_tokens, config.max_document_tokens), GradeScale()
 
 
+def prompt_and_gold_ids(
+    records: Sequence[Any], builder: PromptBuilder, scale: GradeScale, with_explanation: bool = True
+) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompt ids, gold target ids) of every record: `training.targets.build_example` cut where its completion
+    starts, so the RL prompt and the SFT term's target are exactly the contract's."""
+    from training.targets import build_example
+
+    grade_ids = scale.token_ids(builder.tokenizer)
+    prompts, golds = [], []
+    for r in records:
+        example = build_example(r, builder, scale, grade_ids, with_explanation)
+        n_prompt = len(example["input_ids"]) - sum(example["completion_mask"])
+        prompts.append(example["input_ids"][:n_prompt])
+        golds.append(example["input_ids"][n_prompt:])
+    return prompts, golds
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """`KEY=VALUE` command-line overrides as a mapping, each VALUE read as YAML (`seeds=[0,1]`, `plot_png=null`)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 @torch.no_grad()
 def sample_group(
     model: Any,

@@ -45,10 +45,9 @@ from training.losses import completion_nll
 from training.rl.advantages import group_step_advantages, token_advantages
 from training.rl.config import AfrlGRPOConfig
 from training.rl.rewards import COMPONENTS, Gold, make_reward_funcs, step_reward_matrix
-from training.rl.rollouts import contract_builder, rollout_metrics
+from training.rl.rollouts import contract_builder, prompt_and_gold_ids, rollout_metrics
 from training.rl.schedule import sft_coef_at
 from training.rl.steps import STEP_NAMES, NewlineCounter, token_steps
-from training.targets import build_example
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +62,13 @@ def build_rl_dataset(
     """
     from datasets import Dataset
 
-    grade_ids = scale.token_ids(builder.tokenizer)
     rows: list[dict[str, Any]] = []
     prompt_ids: dict[str, list[int]] = {}
-    gold: list[list[int]] = []
-    for i, r in enumerate(records):
-        example = build_example(r, builder, scale, grade_ids, with_explanation)
-        n_prompt = len(example["input_ids"]) - sum(example["completion_mask"])
-        ids = example["input_ids"][:n_prompt]
+    prompts, gold = prompt_and_gold_ids(records, builder, scale, with_explanation)
+    for i, (r, ids) in enumerate(zip(records, prompts, strict=True)):
         text = builder.tokenizer.decode(ids)
         if prompt_ids.setdefault(text, ids) != ids:
             raise ValueError(f"two different prompts decode to the same text (record {r.id}); cannot key them")
-        gold.append(example["input_ids"][n_prompt:])
         rows.append({"prompt": text, "record_index": i, "grade": r.grade, "document": r.document, "rule": r.rule or ""})
     return Dataset.from_list(rows), prompt_ids, gold
 
