@@ -49,15 +49,21 @@ def is_export_folder(spec: str) -> bool:
     return folder.is_dir() and (folder / SCORER_FILES["fp32"]).is_file()
 
 
+def serves_onnx_only(settings: Settings) -> bool:
+    """Whether this process will only ever run onnxruntime: `--backend onnx`, or auto on an export folder (rule
+    1). Then `afrl serve` keeps torch out of it (afrl/lean_imports.py)."""
+    return settings.backend == "onnx" or (settings.backend == "auto" and is_export_folder(settings.model))
+
+
 def choose(settings: Settings) -> Choice:
     """Apply the rules of the module docstring to `settings` (whose backend is "auto")."""
+    spec = settings.model
+    if is_export_folder(spec):  # before importing torch: an ONNX-only process may run without it
+        return Choice("onnx", spec, "an `afrl export` folder: onnxruntime")
     import torch
 
     from afrl.hardware import cpu_has_native_bf16
 
-    spec = settings.model
-    if is_export_folder(spec):
-        return Choice("onnx", spec, "an `afrl export` folder: onnxruntime")
     if settings.device != "cpu" and torch.cuda.is_available():
         return Choice("torch", spec, "torch sees a GPU: torch on CUDA")
     if cpu_has_native_bf16():

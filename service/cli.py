@@ -41,7 +41,9 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from afrl.lean_imports import keep_torch_out
     from service.app import create_app
+    from service.backend_choice import serves_onnx_only
     from service.logs import configure_logging
     from service.server import serve
     from service.settings import Settings
@@ -54,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
         problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}" for err in e.errors())
         raise ValueError(f"invalid settings: {problems}") from None
     configure_logging(settings.log_json, settings.log_level)
+    if serves_onnx_only(settings):
+        keep_torch_out()  # about 200 MB of RSS that an onnxruntime-only server never uses (afrl/lean_imports.py)
     # service/server.py: the SIGTERM drain (AFRL_DRAIN_TIMEOUT_S) and the request-head timeout.
     started = serve(create_app(settings), settings)
     return 0 if started else 3  # 3: uvicorn's exit status for a failed start

@@ -1,6 +1,6 @@
-"""A serving process stays lean: the `afrl` parser imports no training stack, and loading a model on the torch
-backend imports neither scikit-learn nor SciPy (afrl/lean_imports.py). Each check runs in a fresh interpreter,
-since this test process has long imported everything."""
+"""A serving process stays lean: the `afrl` parser imports no training stack, loading a model on the torch
+backend imports neither scikit-learn nor SciPy, and an ONNX-only server runs without torch (afrl/lean_imports.py).
+Each check runs in a fresh interpreter, since this test process has long imported everything."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from afrl.testing import save_tiny_model
 HEAVY = ("sklearn", "scipy", "trl", "datasets", "pandas", "peft")
 
 
-def loaded_after(code: str) -> list[str]:
-    probe = f"import sys, json\n{code}\nprint(json.dumps([m for m in {list(HEAVY)!r} if m in sys.modules]))"
+def loaded_after(code: str, heavy: tuple[str, ...] = HEAVY) -> list[str]:
+    probe = f"import sys, json\n{code}\nprint(json.dumps([m for m in {list(heavy)!r} if m in sys.modules]))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -48,3 +48,58 @@ def test_without_the_flags_transformers_does_import_sklearn(tmp_path: Path):
         f"from transformers import AutoModelForCausalLM\nAutoModelForCausalLM.from_pretrained({str(model)!r})"
     )
     assert "sklearn" in loaded
+
+
+# ------------------------------------------------------------------------------------- ONNX without torch
+
+
+@pytest.fixture(scope="module")
+def tiny_export(_tiny_models, tmp_path_factory) -> Path:
+    pytest.importorskip("onnxruntime")
+    from service_helpers import make_backend
+
+    from export.pipeline import ExportOptions, export_scorer_model
+
+    model, tok = _tiny_models["qwen3"]
+    out = tmp_path_factory.mktemp("lean") / "tiny"
+    export_scorer_model(make_backend(model, tok).scorer, "tiny-qwen3", ExportOptions(out=out, threads=1, decoder=False))
+    return out
+
+
+def _onnx_load_and_score(folder: Path, keep_out: bool) -> str:
+    lean = "from afrl.lean_imports import keep_torch_out\nassert keep_torch_out()\n" if keep_out else ""
+    return lean + (
+        "from service.backends import load_backend\nfrom service.settings import Settings\n"
+        f"b = load_backend(Settings(model={str(folder)!r}, backend='onnx', threads=1, warmup=False))\n"
+        "p = b.builder.build_many([('population of berlin', 'Berlin had 3.5 million inhabitants.')])\n"
+        "assert b.grade_logits(p).shape == (1, len(b.scale.labels))\n"
+    )
+
+
+@pytest.mark.slow  # a real (tiny) ONNX export
+def test_an_onnx_only_server_scores_without_importing_torch(tiny_export: Path):
+    assert loaded_after(_onnx_load_and_score(tiny_export, keep_out=True), ("torch",)) == []
+
+
+@pytest.mark.slow
+def test_without_keep_torch_out_the_onnx_backend_does_import_torch(tiny_export: Path):
+    # The control: transformers (the tokenizer) pulls torch in, so the test above can fail.
+    assert loaded_after(_onnx_load_and_score(tiny_export, keep_out=False), ("torch",)) == ["torch"]
+
+
+def test_keep_torch_out_is_refused_once_torch_is_loaded():
+    # Too late to matter, and a process that already uses torch must keep it: nothing is changed.
+    code = "import os, torch\nfrom afrl.lean_imports import keep_torch_out\nassert not keep_torch_out()\n"
+    code += "assert 'USE_TORCH' not in os.environ"
+    assert loaded_after(code, ("torch",)) == ["torch"]
+
+
+@pytest.mark.slow
+def test_serve_keeps_torch_out_only_for_an_onnx_only_process(tiny_export: Path, tmp_path: Path):
+    from service.backend_choice import serves_onnx_only
+    from service.settings import Settings
+
+    assert serves_onnx_only(Settings(model=str(tiny_export), backend="onnx"))
+    assert serves_onnx_only(Settings(model=str(tiny_export), backend="auto"))  # rule 1 of --backend auto
+    assert not serves_onnx_only(Settings(model=str(tmp_path), backend="auto"))  # may choose torch
+    assert not serves_onnx_only(Settings(model=str(tiny_export), backend="torch"))
