@@ -22,6 +22,8 @@ LABELS = {
     "qwen3_0p6b_pairs_per_s": "6. Qwen3-0.6B architecture, pairs/s",
     "batching_min_ratio": "5. Batching on / off, lowest over the concurrency levels",
     "p99_over_batch_compute_c32": "5. p99 at top concurrency over one full batch's compute time",
+    "batching_ceiling_c32": "5. Most batching can give here: in-process pairs/s, full batch over one pair",
+    "batching_share_of_ceiling_c32": "5. Batching on / off at top concurrency over that ceiling",
     "server_rss_mb": "7. Server peak RSS (MB), the served backend",
     "torch_server_rss_mb": "7. Server peak RSS (MB), torch backend",
     "onnx_server_rss_mb": "7. Server peak RSS (MB), onnx backend",
@@ -228,6 +230,13 @@ def service_section(item: dict[str, Any]) -> str:
             f"\n\nBatching on / off by concurrency: {ratios}. One full batch ({item['batch_compute']['items']} "
             f"of the pairs, in process, no server): {fmt(item['batch_compute']['median_s'] * 1000)} ms; p99 at "
             f"concurrency {item['top_concurrency']} is {fmt(item['p99_over_batch_compute_c32'])}x that."
+        )
+    if item.get("single_pair_compute"):
+        padding_line += (
+            f" One pair's pass, timed the same way: {fmt(item['single_pair_compute']['median_s'] * 1000)} ms. So "
+            f"batching can give at most {fmt(item['batching_ceiling_c32'])}x on this backend and machine (full "
+            f"batch over one pair, in pairs/s); the server reached {fmt(item['batching_share_of_ceiling_c32'])} of "
+            "that ceiling at the top concurrency."
         )
     return (
         f"`afrl serve` in its own process ({item['served_backend']} backend, scorer `{item.get('served_scorer')}`), "

@@ -36,6 +36,8 @@ HEADLINES: dict[str, tuple[str, str | None, float | None]] = {
     "batching_speedup_c32": ("service", ">=", 1.5),
     "batching_min_ratio": ("service", ">=", 1.0),
     "p99_over_batch_compute_c32": ("service", "<=", 2.0),
+    "batching_ceiling_c32": ("service", None, None),
+    "batching_share_of_ceiling_c32": ("service", None, None),
     "http_overhead_ms_c1": ("service", None, None),
     "qwen3_0p6b_pairs_per_s": ("qwen3", None, None),
     "server_rss_mb": ("service", "<=", 800.0),

@@ -208,8 +208,12 @@ def bench_service(
 
     off_c1 = next(r for r in modes["batching_off"]["levels"] if r["concurrency"] == 1)
     http_ms = off_c1["p50_ms"] - modes["batching_off"]["in_process_c1"]["median_s"] * 1000
-    # The batch's own compute time: one full pass (top concurrency, or the batch cap), in process, no server.
+    # The batch's own compute time: one full pass (top concurrency, or the batch cap), in process, no server; and
+    # one pair's pass timed the same way. Their pairs/s ratio is the most batching can give this backend here: a
+    # compute-bound scorer on few cores gains little from batching however well the batcher does its job.
     batch = in_process_batch(in_process, bodies[: min(top, cfg.service_max_batch)], cfg)
+    single = in_process_batch(in_process, bodies[:1], cfg)
+    ceiling = ratio(batch["per_s"], single["per_s"])
     on_top = next(r for r in modes["batching_on"]["levels"] if r["concurrency"] == top)
     levels = sorted(r["concurrency"] for r in modes["batching_on"]["levels"])
     by_level = {c: ratio(rps("batching_on", c), rps("batching_off", c)) for c in levels}
@@ -225,6 +229,9 @@ def bench_service(
         "batching_ratio_by_concurrency": by_level,
         "batching_min_ratio": min(by_level.values()),
         "batch_compute": batch,
+        "single_pair_compute": single,
+        "batching_ceiling_c32": ceiling,
+        "batching_share_of_ceiling_c32": ratio(ratio(rps("batching_on", top), rps("batching_off", top)), ceiling),
         "p99_over_batch_compute_c32": ratio(on_top["p99_ms"], batch["median_s"] * 1000),
         "http_overhead_ms_c1": round(http_ms, 2),
         "server_rss_mb": modes["batching_on"]["peak_rss_mb"],

@@ -26,6 +26,8 @@ NEWER_THAN_CPU_JSON = (
     "onnx_server_rss_mb",
     "batching_min_ratio",
     "p99_over_batch_compute_c32",
+    "batching_ceiling_c32",
+    "batching_share_of_ceiling_c32",
     "explain_well_formed",
     "explain_onnx_total_s_p50",
 )
@@ -73,6 +75,12 @@ def test_quick_bench_writes_every_key_and_the_markdown(tmp_path: Path) -> None:
     other = service["other_server"]  # the backend not served, in a run of its own for its RSS
     assert {other["backend"], service["served_backend"]} == {"torch", "onnx"} and other["levels"][0]["errors"] == 0
     assert service[f"{other['backend']}_server_rss_mb"] == other["peak_rss_mb"] > 0
+    full, one = service["batch_compute"], service["single_pair_compute"]  # the ceiling: same timing, 1 vs full
+    assert one["items"] == 1 and full["items"] > 1
+    assert service["batching_ceiling_c32"] == pytest.approx(full["per_s"] / one["per_s"], rel=1e-2)
+    assert data["batching_share_of_ceiling_c32"] == pytest.approx(
+        data["batching_speedup_c32"] / data["batching_ceiling_c32"], rel=1e-2
+    )
     assert data["items"]["prefix"]["reuse_vs_plain"]["max_abs_prob_diff"] < 1e-3
 
     text = md.read_text()
