@@ -1,13 +1,13 @@
 """`afrl bench`: answer-first speed, backends, roofline, prefix reuse, the service, production size, memory, the
 default model against the previous one, a /rerank of 100 documents, and /explain per backend.
 
-    afrl bench --model default-base --json bench/results/cpu.json --markdown BENCHMARKS.md
+    afrl bench --model default --threads 2 --json bench/results/cpu.json --markdown BENCHMARKS.md
     afrl bench --model default --skip backends answer_first roofline prefix service qwen3 --json /tmp/m.json
     afrl bench --model PATH --quick --json /tmp/bench.json            # seconds on a tiny model: code paths only
     afrl bench --from-json bench/results/cpu.json --markdown BENCHMARKS.md   # re-render the Markdown only
 
 The ONNX exports it needs are built once into the cache (`--cache-dir`, default ~/.cache/afrl/bench); prepare
-them ahead with `python -m bench.prepare --model default-base`. Exit status 1 when an item failed (the others
+them ahead with `python -m bench.prepare --model default`. Exit status 1 when an item failed (the others
 are still measured and written); never because of a figure.
 
 The second command runs items 8 and 9 only (no exports needed): `--model` against the `--compare` models

@@ -32,7 +32,11 @@ class BenchConfig:
     prefix_prompt_tokens: int = 470
     """Prompt length with the long instruction: instruction + query + a document of about 64 tokens."""
     service_concurrency: tuple[int, ...] = (1, 8, 32)
-    service_seconds: float = 10.0
+    service_seconds: float = 5.0
+    """Length of one round of load at one concurrency level."""
+    service_rounds: int = 3
+    """Rounds per level and mode, the batching-on and -off servers taking turns (item 5): a change in the machine's
+    load during the item then falls on both modes instead of on whichever one ran at the time."""
     service_prompt_tokens: int = 200
     service_max_batch: int = 32
     """`max_batch_pairs` of the batching-on server (32: the service default)."""
@@ -59,7 +63,8 @@ class BenchConfig:
         base: dict[str, Any] = dict(
             quick=True, warmup=1, repeats=2, budget_s=5.0, batch=32, prompt_tokens=224, explanation_tokens=8,
             prefix_documents=12, prefix_instruction_tokens=220, prefix_prompt_tokens=340, service_seconds=1.0,
-            service_prompt_tokens=224, qwen3_batch=4, qwen3_tokens=32, rerank_requests=3, explain_pairs=2,
+            service_rounds=2, service_prompt_tokens=224, qwen3_batch=4, qwen3_tokens=32, rerank_requests=3,
+            explain_pairs=2,
         )  # fmt: skip
         base.update(kw)
         return cls(**base)

@@ -238,10 +238,26 @@ def service_section(item: dict[str, Any]) -> str:
             f"batch over one pair, in pairs/s); the server reached {fmt(item['batching_share_of_ceiling_c32'])} of "
             "that ceiling at the top concurrency."
         )
+    if item.get("control_ratio_by_concurrency"):
+        ratios = ", ".join(f"c={c} {fmt(r)}x" for c, r in item["control_ratio_by_concurrency"].items())
+        padding_line += (
+            "\n\nControl: a second batching-off server, identical to the first and measured in the same rounds, "
+            f"over the first: {ratios}. Two servers that differ in nothing differ this much here, so an on / off "
+            "ratio within that distance of 1 is noise."
+        )
     return (
-        f"`afrl serve` in its own process ({item['served_backend']} backend, scorer `{item.get('served_scorer')}`), "
+        f"`afrl serve` in processes of its own ({item['served_backend']} backend, scorer "
+        f"`{item.get('served_scorer')}`), "
         f"{item['request']}, {fmt(item['seconds_per_level'])} s per level, httpx clients in the benchmark process. "
-        f"Batching off = `max_batch_pairs` 1; on = `max_batch_pairs` {item['modes']['batching_on']['max_batch_pairs']} "
+        + (
+            f"The servers (batching on, off, and the control below) run side by side and take turns: "
+            f"{item['rounds_per_level']} rounds per level, in alternating order, so that a change in the machine's "
+            "load falls on all of them. "
+            if item.get("rounds_per_level", 1) > 1
+            else ""
+        )
+        + "Batching off = `max_batch_pairs` 1; on = `max_batch_pairs` "
+        f"{item['modes']['batching_on']['max_batch_pairs']} "
         "(the service default is 32) and the default 5 ms window.\n\n"
         + table(["batching", "concurrency", "requests/s", "p50 ms", "p99 ms", "requests", "errors"], rows)
         + f"\n\nHTTP overhead at concurrency 1: p50 over HTTP minus the in-process backend call ({fmt(inproc)} ms, "
@@ -323,12 +339,28 @@ def models_section(item: dict[str, Any]) -> str:
     )
 
 
+def served_precision(item: dict[str, Any]) -> str:
+    """Item 9's number type: `precision` (torch dtype or ONNX scorer, from /info), or `dtype` in older JSON, whose
+    server was always torch."""
+    return str(item.get("precision") or item.get("dtype"))
+
+
 def rerank_section(item: dict[str, Any]) -> str:
     c = item["document_chars"]
     return (
         f"`afrl serve --model {item['served_model']}` in its own process ({item['served_backend']} backend, "
-        f"{item['dtype']}, the service defaults: dynamic batching with `max_batch_pairs` {item['max_batch_pairs']}, "
-        f"prefix reuse). {item['requests']} sequential requests after {item['warmup_requests']} warm-up, each "
+        f"{served_precision(item)}, the service defaults: `--backend {'auto' if 'precision' in item else 'torch'}`, "
+        f"dynamic batching with `max_batch_pairs` "
+        f"{item['max_batch_pairs']}, prefix reuse where the backend has it). "
+        + (f"What `--backend auto` chose, as /info says: {item['chosen']}. " if item.get("chosen") else "")
+        + (
+            f"That choice was made before the timed server started ({fmt(item['first_start_prepare_s'])} s here, "
+            "the one-off export of a first start when it is not cached yet), so the server started as every later "
+            "start does. "
+            if "first_start_prepare_s" in item
+            else ""
+        )
+        + f"{item['requests']} sequential requests after {item['warmup_requests']} warm-up, each "
         f"{item['request']} of {c['min']}-{c['max']} characters (mean {fmt(c['mean'])}, about "
         f"{fmt(item['prompt_tokens_per_document'])} prompt tokens per document), different documents in every "
         "request. Latency is end to end at the client (httpx in the benchmark process): body encoding, HTTP, "

@@ -145,6 +145,7 @@ def explain_item(cfg: BenchConfig, cache: Path) -> dict[str, Any]:
 
 def core_items(run: Run, cfg: BenchConfig, cache: Path) -> None:
     """Items 1-7: the exports of `--model`, its backends loaded once, then each item in turn."""
+    from afrl.prefix_lm import is_prefix_lm
     from afrl.scorer import attention_implementation
     from bench import prefix, roofline, scoring, service_load
     from bench.prepare import onnx_export, qwen3_export
@@ -172,7 +173,10 @@ def core_items(run: Run, cfg: BenchConfig, cache: Path) -> None:
                 run.errors.setdefault(name, "needs the backends item")
                 run.items[name] = {"error": run.errors[name]}
     best = answer["best_backend_b32"] if answer else "torch-fp32"
-    run.item("prefix", lambda: prefix.bench_prefix(cfg, fp32.scorer))
+    if is_prefix_lm(fp32.scorer.model) and "prefix" not in cfg.skip:
+        run.items["prefix"] = {"skipped": True, "reason": prefix.NOT_FOR_PREFIX_LM}
+    else:
+        run.item("prefix", lambda: prefix.bench_prefix(cfg, fp32.scorer))
 
     # Free what the service and the Qwen3 subprocess do not need: they run in their own processes.
     for name in [n for n in backends if n != "torch-fp32"]:

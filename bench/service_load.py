@@ -2,11 +2,18 @@
 
 The server is the real thing, `afrl serve` (uvicorn + the app from `service.app.create_app`) in its own process on
 a free 127.0.0.1 port, so that its peak resident memory (VmHWM in /proc/PID/status) is its own and the load
-generator (httpx, asyncio, in this process) does not share its interpreter. It runs twice: with the default
-settings (dynamic batching, `max_batch_pairs` 32) and with `max_batch_pairs` 1 (batching off); nothing else
-changes. Each request is a /score call with one (query, document) pair of about `service_prompt_tokens` tokens,
-so batching can only come from concurrent requests. At each concurrency, `c` clients send requests back to back
-for a fixed time; throughput is completed requests per second, latencies are per request as the client sees them.
+generator (httpx, asyncio, in this process) does not share its interpreter. Two run side by side: one with the
+default settings (dynamic batching, `max_batch_pairs` 32) and one with `max_batch_pairs` 1 (batching off); nothing
+else differs. Each request is a /score call with one (query, document) pair of about `service_prompt_tokens`
+tokens, so batching can only come from concurrent requests. At each concurrency, `c` clients send requests back to
+back for `service_seconds`, to one server and then the other, for `service_rounds` rounds in alternating order
+(on, off, control, control, off, on, ...), while the others idle; a mode's figures pool its rounds (completed
+requests over the time of its rounds, percentiles over all its latencies). Run one mode after the other instead,
+and the shared machine's load, which drifts over a minute, moved the on/off ratio by 10-20 % between runs of the
+same code (bench/results/*.md of 2026-12-06). The control is a second batching-off server, identical to the first:
+its ratio to the first (`control_ratio_by_concurrency`) is what two servers that differ in nothing show here, so an
+on/off ratio inside that band is no evidence either way (two identical servers differed by up to 8 % at
+concurrency 1 in a by-hand check on a 2-core EPYC). Latencies are per request as the client sees them.
 
 HTTP overhead at concurrency 1 = the median /score latency with batching off (no batching window to wait
 out) minus the median time of the same work in process: the backend's own prompt building and scoring call.
@@ -34,6 +41,8 @@ from bench.config import BenchConfig
 from bench.timing import measure, percentile, ratio
 
 log = logging.getLogger(__name__)
+
+CONTROL = "batching_off_control"  # a second batching-off server: the noise floor of the on/off ratios
 
 
 def free_port() -> int:
@@ -122,18 +131,42 @@ async def _load(url: str, bodies: list[dict[str, Any]], concurrency: int, second
         stop_at = begin + seconds
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
         elapsed = time.perf_counter() - begin
+    return level_stats(concurrency, latencies, errors, first_error[0] if first_error else None, elapsed)
+
+
+def level_stats(
+    concurrency: int, latencies: list[float], errors: dict[str, int], first_error: str | None, elapsed: float
+) -> dict[str, Any]:
+    """One level's figures from its latencies (s) over `elapsed` seconds of load; `_latencies` keeps them for
+    `pool_rounds` and is dropped from what is written."""
     return {
         "concurrency": concurrency,
         "requests": len(latencies),
         "errors": sum(errors.values()),
         "error_statuses": errors,
-        "first_error": first_error[0] if first_error else None,
+        "first_error": first_error,
         "seconds": round(elapsed, 3),
         "throughput_rps": round(len(latencies) / elapsed, 3),
         "p50_ms": round(percentile(latencies, 50) * 1000, 2),
         "p99_ms": round(percentile(latencies, 99) * 1000, 2),
         "mean_ms": round(sum(latencies) / max(1, len(latencies)) * 1000, 2),
+        "_latencies": latencies,
     }
+
+
+def pool_rounds(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One level's figures over several rounds of it: requests over the summed time, percentiles over every
+    latency; `rounds` keeps each round's throughput, so their spread shows."""
+    latencies = [x for r in rounds for x in r["_latencies"]]
+    errors: dict[str, int] = {}
+    for r in rounds:
+        for status, n in r["error_statuses"].items():
+            errors[status] = errors.get(status, 0) + n
+    first = next((r["first_error"] for r in rounds if r["first_error"]), None)
+    out = level_stats(rounds[0]["concurrency"], latencies, errors, first, sum(r["seconds"] for r in rounds))
+    del out["_latencies"]
+    out["rounds_rps"] = [r["throughput_rps"] for r in rounds]
+    return out
 
 
 def request_bodies(builder: Any, tokenizer: Any, n: int, prompt_tokens: int) -> list[dict[str, Any]]:
@@ -175,18 +208,12 @@ def bench_service(
     `other`: (model, backend, dtype) of the other backend (torch when onnx is served, and the reverse), served
     once more with batching on at the top concurrency only, for its peak RSS: both backends' RSS in one run."""
     bodies = request_bodies(in_process.builder, in_process.tokenizer, 64, cfg.service_prompt_tokens)
-    modes: dict[str, Any] = {}
-    for mode, max_batch in (("batching_on", cfg.service_max_batch), ("batching_off", 1)):
-        server = Server(serve_model, serve_backend, dtype, cfg.threads, max_batch, workdir / f"server-{mode}.log")
-        try:
-            entry = _serve_levels(server, bodies, cfg, cfg.service_concurrency, f"{serve_backend}, {mode}")
-            entry["max_batch_pairs"] = max_batch
-            if mode == "batching_off":
-                entry["in_process_c1"] = in_process_ms(in_process, bodies[0], cfg)
-            entry["padding_efficiency"] = padding_efficiency(server.url)
-            modes[mode] = entry
-        finally:
-            server.stop()
+    modes = _serve_modes_interleaved(
+        {"batching_on": cfg.service_max_batch, "batching_off": 1, CONTROL: 1}, serve_model, serve_backend, dtype,
+        bodies, cfg, workdir,
+    )  # fmt: skip
+    control = modes.pop(CONTROL)
+    modes["batching_off"]["in_process_c1"] = in_process_ms(in_process, bodies[0], cfg)
     rss = {serve_backend: modes["batching_on"]["peak_rss_mb"]}
     other_server = None
     if other is not None and other[1] != serve_backend:
@@ -217,18 +244,23 @@ def bench_service(
     on_top = next(r for r in modes["batching_on"]["levels"] if r["concurrency"] == top)
     levels = sorted(r["concurrency"] for r in modes["batching_on"]["levels"])
     by_level = {c: ratio(rps("batching_on", c), rps("batching_off", c)) for c in levels}
+    control_rps = {r["concurrency"]: r["throughput_rps"] for r in control["levels"]}
+    control_by_level = {c: ratio(control_rps[c], rps("batching_off", c)) for c in levels}
     speedup = by_level[top]
     return {
         "served_model": serve_model,
         "served_backend": serve_backend,
         "served_scorer": getattr(in_process, "scorer", None) and _scorer_name(in_process, dtype),
         "request": f"POST /score with one pair of about {cfg.service_prompt_tokens} tokens",
-        "seconds_per_level": cfg.service_seconds,
+        "seconds_per_level": cfg.service_seconds * cfg.service_rounds,
+        "rounds_per_level": cfg.service_rounds,
         "modes": modes,
         "top_concurrency": top,
         "batching_speedup_c32": speedup,
         "batching_ratio_by_concurrency": by_level,
         "batching_min_ratio": min(by_level.values()),
+        "control": control,
+        "control_ratio_by_concurrency": control_by_level,
         "batch_compute": batch,
         "single_pair_compute": single,
         "batching_ceiling_c32": ceiling,
@@ -249,6 +281,43 @@ def in_process_batch(backend: Any, bodies: list[dict[str, Any]], cfg: BenchConfi
     return t.to_dict(items=len(prompts))
 
 
+def _serve_modes_interleaved(
+    max_batch: dict[str, int], model: str, backend: str, dtype: str, bodies: list[dict[str, Any]], cfg: BenchConfig,
+    workdir: Path,
+) -> dict[str, Any]:  # fmt: skip
+    """Both servers up at once; at each concurrency level, `service_rounds` rounds of `service_seconds` each, the
+    modes taking turns in alternating order. Per mode: start time, pooled levels, padding efficiency, peak RSS."""
+    servers = {
+        m: Server(model, backend, dtype, cfg.threads, b, workdir / f"server-{m}.log") for m, b in max_batch.items()
+    }
+    try:
+        modes: dict[str, Any] = {}
+        for mode, server in servers.items():
+            started = time.perf_counter()
+            server.wait_ready()
+            modes[mode] = {"ready_s": round(time.perf_counter() - started, 1), "max_batch_pairs": max_batch[mode]}
+            log.info("bench: server (%s, %s) ready at %s", backend, mode, server.url)
+            asyncio.run(_load(server.url, bodies, 4, min(2.0, cfg.service_seconds)))  # warm-up
+        rounds: dict[str, dict[int, list[dict[str, Any]]]] = {m: {} for m in servers}
+        for c in cfg.service_concurrency:
+            for r in range(cfg.service_rounds):
+                for mode in list(servers) if r % 2 == 0 else list(reversed(servers)):
+                    row = asyncio.run(_load(servers[mode].url, bodies, c, cfg.service_seconds))
+                    rounds[mode].setdefault(c, []).append(row)
+            for mode in servers:
+                row = pool_rounds(rounds[mode][c])
+                log.info("bench: %s, %s c=%d: %.1f req/s (rounds %s), p50 %.0f ms, p99 %.0f ms", backend, mode, c,
+                         row["throughput_rps"], row["rounds_rps"], row["p50_ms"], row["p99_ms"])  # fmt: skip
+                modes[mode].setdefault("levels", []).append(row)
+        for mode, server in servers.items():
+            modes[mode]["padding_efficiency"] = padding_efficiency(server.url)
+            modes[mode]["peak_rss_mb"] = vm_hwm_mb(server.proc.pid)
+        return modes
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
 def _serve_levels(
     server: Server, bodies: list[dict[str, Any]], cfg: BenchConfig, concurrency: Sequence[int], label: str
 ) -> dict[str, Any]:
@@ -260,6 +329,7 @@ def _serve_levels(
     asyncio.run(_load(server.url, bodies, 4, min(2.0, cfg.service_seconds)))  # warm-up
     levels = [asyncio.run(_load(server.url, bodies, c, cfg.service_seconds)) for c in concurrency]
     for row in levels:
+        del row["_latencies"]
         log.info("bench: %s c=%d: %.1f req/s, p50 %.0f ms, p99 %.0f ms", label, row["concurrency"],
                  row["throughput_rps"], row["p50_ms"], row["p99_ms"])  # fmt: skip
     return {"ready_s": round(ready_s, 1), "levels": levels, "peak_rss_mb": vm_hwm_mb(server.proc.pid)}

@@ -70,6 +70,14 @@ def test_quick_bench_writes_every_key_and_the_markdown(tmp_path: Path) -> None:
     service = data["items"]["service"]
     assert [lv["concurrency"] for lv in service["modes"]["batching_on"]["levels"]] == [1, 8, 32]
     assert all(lv["errors"] == 0 and lv["requests"] > 0 for mode in service["modes"].values() for lv in mode["levels"])
+    assert service["rounds_per_level"] == 2 and service["seconds_per_level"] == 2.0  # the modes took turns
+    assert all(len(lv["rounds_rps"]) == 2 for mode in service["modes"].values() for lv in mode["levels"])
+    control = service["control"]  # a second batching-off server, in the same rounds
+    assert [lv["concurrency"] for lv in control["levels"]] == [1, 8, 32] and control["max_batch_pairs"] == 1
+    off = {lv["concurrency"]: lv["throughput_rps"] for lv in service["modes"]["batching_off"]["levels"]}
+    for lv in control["levels"]:
+        c = lv["concurrency"]
+        assert service["control_ratio_by_concurrency"][str(c)] == pytest.approx(lv["throughput_rps"] / off[c], rel=1e-2)
     assert service["modes"]["batching_off"]["padding_efficiency"] == 1.0  # one pair per pass: never padded
     assert 0.0 < service["modes"]["batching_on"]["padding_efficiency"] <= 1.0
     other = service["other_server"]  # the backend not served, in a run of its own for its RSS
@@ -88,6 +96,7 @@ def test_quick_bench_writes_every_key_and_the_markdown(tmp_path: Path) -> None:
         assert f"`{key}`" in text
     assert m["cpu_model"] in text and "--quick" in text and "**Not run.**" in text
     assert "Padding efficiency (real / padded prompt tokens" in text and "batching off 1" in text
+    assert "Control: a second batching-off server" in text
 
 
 def _results() -> dict:
@@ -98,7 +107,9 @@ def _results() -> dict:
 
 def test_markdown_renders_from_the_committed_json(tmp_path: Path) -> None:
     data = _results()
-    _check_headlines(data, tuple(k for k in HEADLINES if k not in NEWER_THAN_CPU_JSON or k in data))
+    not_measured = {k for k, (item, _, _) in HEADLINES.items() if data["items"].get(item, {}).get("skipped")}
+    _check_headlines(data, tuple(k for k in HEADLINES if (k not in NEWER_THAN_CPU_JSON or k in data)
+                                 and k not in not_measured))  # fmt: skip
     md = tmp_path / "B.md"
     assert main(["bench", "--from-json", str(RESULTS), "--markdown", str(md), "--gpu-json", str(tmp_path / "no")]) == 0
     text = md.read_text()
@@ -140,9 +151,13 @@ def test_percentile_and_targets() -> None:
     assert target_met(1.0, None, None) is None and target_met(None, ">=", 1.0) is None
 
 
-def test_models_and_rerank100_on_tiny_models(tmp_path: Path) -> None:
-    """Items 8 and 9 alone (every other item skipped: no exports, no backends of items 1-7), on two tiny models."""
+def test_models_and_rerank100_on_tiny_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Items 8 and 9 alone (every other item skipped: no exports, no backends of items 1-7), on two tiny models.
+    Item 9's server runs `--backend auto`, as a user's does; where that exports INT8 ONNX, it goes to the AFRL
+    cache (here a temporary one), never to the bench's."""
     from afrl.testing import save_tiny_model
+
+    monkeypatch.setenv("AFRL_CACHE_DIR", str(tmp_path / "afrl-cache"))
 
     model = save_tiny_model(tmp_path / "tiny")
     previous = save_tiny_model(tmp_path / "tiny-deeper", seed=1, num_layers=4)
@@ -176,12 +191,19 @@ def test_models_and_rerank100_on_tiny_models(tmp_path: Path) -> None:
     assert 0 < rr["p50_s"] <= rr["p90_s"] <= rr["max_s"] == max(rr["latencies_s"])
     assert data["rerank100_p50_s"] == rr["p50_s"] == pytest.approx(percentile(rr["latencies_s"], 50), abs=1e-3)
     assert 350 <= rr["document_chars"]["min"] <= rr["document_chars"]["max"] <= 450
-    assert rr["prompt_tokens_per_document"] > 0 and rr["dtype"] == dtype
+    assert rr["prompt_tokens_per_document"] > 0 and rr["chosen"]  # /info says why auto chose it
+    assert rr["first_start_prepare_s"] >= 0
+    if rr["served_backend"] == "torch":  # a native-bf16 CPU, or an INT8 graph that failed its gate
+        assert rr["precision"] == ("bfloat16" if dtype == "bf16" else "float32")
+    else:
+        assert rr["served_backend"] == "onnx" and rr["precision"] == "onnx int8"
 
     text = md.read_text()
     assert "## 8. Default model against the previous default" in text and "## 9. /rerank of 100 documents" in text
     assert "`default_speedup_vs_previous`" in text and "`rerank100_p50_s`" in text
     assert "3 sequential requests" in text and "one query with 100 documents" in text
+    assert f"`--backend auto` chose, as /info says: {rr['chosen']}" in text
+    assert "before the timed server started" in text
     assert f"| {report.fmt(deeper['model_speedup'])} |" in text and "## 2. Backends\n\nNot measured" in text
 
 
@@ -210,6 +232,38 @@ def test_explain_on_a_tiny_prefix_lm_compares_torch_and_onnx(tmp_path: Path, mon
     assert data["explain_onnx_total_s_p50"] == item["backends"]["onnx"]["total_s_p50"]
     text = md.read_text()
     assert "## 10. /explain on each backend" in text and "| onnx |" in text
+
+
+def test_rounds_of_a_level_pool_their_requests_time_and_latencies() -> None:
+    from bench.service_load import level_stats, pool_rounds
+
+    a = level_stats(8, [0.1, 0.2, 0.3], {}, None, 2.0)
+    b = level_stats(8, [0.4] * 5, {"503": 2}, "overloaded", 3.0)
+    assert a["throughput_rps"] == 1.5 and b["throughput_rps"] == pytest.approx(5 / 3, abs=1e-3)
+    pooled = pool_rounds([a, b])
+    assert pooled["requests"] == 8 and pooled["seconds"] == 5.0 and pooled["throughput_rps"] == 1.6
+    assert pooled["p50_ms"] == 400.0 and pooled["mean_ms"] == pytest.approx(1000 * 2.6 / 8, abs=0.01)
+    assert pooled["errors"] == 2 and pooled["error_statuses"] == {"503": 2} and pooled["first_error"] == "overloaded"
+    assert pooled["rounds_rps"] == [1.5, b["throughput_rps"]] and "_latencies" not in pooled
+
+
+def test_prefix_reuse_is_not_applicable_to_a_prefix_lm(tmp_path: Path) -> None:
+    """Item 4 on a tiny prefix LM (bidirectional over the prompt, as the shipped default): recorded as not
+    applicable, with the reason, instead of failing the run; the section says why."""
+    from afrl.testing import save_tiny_model
+    from bench.prefix import NOT_FOR_PREFIX_LM
+
+    model = save_tiny_model(tmp_path / "tiny-bert", arch="bert")
+    out, md = tmp_path / "bench.json", tmp_path / "BENCHMARKS.md"
+    argv = ["bench", "--model", str(model), "--quick", "--json", str(out), "--markdown", str(md)]
+    argv += ["--cache-dir", str(tmp_path / "cache"), "--threads", "1", "--skip"]
+    argv += [name for name in (*CORE_ITEMS, "models", "rerank100", "explain") if name != "prefix"]
+    rc = main(argv)
+    data = json.loads(out.read_text())
+    assert rc == 0, data["errors"]
+    assert data["items"]["prefix"] == {"skipped": True, "reason": NOT_FOR_PREFIX_LM}
+    assert data["prefix_reuse_speedup"] is None and data["targets"]["prefix_reuse_speedup"]["met"] is None
+    assert f"## 4. Prefix reuse\n\nNot measured in this run: {NOT_FOR_PREFIX_LM}" in md.read_text()
 
 
 def test_models_ratio_comes_from_the_measured_figures(monkeypatch: pytest.MonkeyPatch) -> None:
