@@ -3,7 +3,9 @@
 The rules, in order (figures: `afrl bench`, bench/results/default_student_service_lean.md, default student, batch
 32 on a 2-core AMD EPYC with AVX512-BF16: torch bf16 2.06x torch fp32, INT8 ONNX 2.28x, ONNX fp32 1.16x):
 1. `--model` is an `afrl export` folder: onnx (there is nothing else to run).
-2. torch sees a GPU and `--device` is not cpu: torch on CUDA (service/backends/cuda.py).
+2. torch sees a GPU and `--device` is not cpu: torch on CUDA (service/backends/cuda.py). torch is only asked where
+   a GPU's device files exist (`gpu_device_present`): on a machine without them no CUDA or ROCm device can work,
+   and importing torch to learn that would cost an ONNX server about 230 MB of RSS.
 3. the CPU has native bf16 (AMX or AVX512-BF16): torch in bf16. It is within noise of INT8 ONNX there, and keeps
    prefix reuse, /explain and exact torch numbers.
 4. otherwise (bf16 would be emulated, 2-5x slower than fp32): the model's INT8 ONNX scorer, exported once into
@@ -23,8 +25,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from glob import glob
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -32,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REFUSED = "int8-refused.txt"  # beside an export whose INT8 scorer failed the gate: why
+# Device files a GPU runtime needs: NVIDIA's driver, WSL's GPU paravirtualisation, AMD ROCm's compute driver.
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia[0-9]*", "/dev/dxg", "/dev/kfd")
 
 
 @dataclass(frozen=True)
@@ -49,10 +54,36 @@ def is_export_folder(spec: str) -> bool:
     return folder.is_dir() and (folder / SCORER_FILES["fp32"]).is_file()
 
 
+def gpu_device_present() -> bool:
+    """Whether any GPU device file exists (GPU_DEVICE_FILES): without one, torch cannot see a GPU."""
+    return any(glob(pattern) for pattern in GPU_DEVICE_FILES)
+
+
 def serves_onnx_only(settings: Settings) -> bool:
-    """Whether this process will only ever run onnxruntime: `--backend onnx`, or auto on an export folder (rule
-    1). Then `afrl serve` keeps torch out of it (afrl/lean_imports.py)."""
-    return settings.backend == "onnx" or (settings.backend == "auto" and is_export_folder(settings.model))
+    """Whether this process will only ever run onnxruntime: `--backend onnx`, auto on an export folder (rule 1), or
+    auto where rule 4 applies and its INT8 export is already built, passed its gate and has its own explanation
+    decoder (every start after the first, on a CPU without native bf16). Then `afrl serve` keeps torch out of it
+    (afrl/lean_imports.py). Decided without importing torch and without exporting anything."""
+    if settings.backend == "onnx":
+        return True
+    if settings.backend != "auto":
+        return False
+    if is_export_folder(settings.model):
+        return True
+    from afrl.hardware import cpu_has_native_bf16
+
+    if (settings.device != "cpu" and gpu_device_present()) or cpu_has_native_bf16():
+        return False
+    from afrl.manifest import Manifest
+    from export.cache import cached
+
+    try:
+        folder, stamp = int8_export_folder(settings.model)
+        if not cached(folder, stamp) or (folder / REFUSED).is_file():
+            return False
+        return "decoder" in Manifest.read(folder).extra  # else /explain would load the torch model
+    except Exception:  # e.g. a model that is not there: the load says what is wrong, with its own message
+        return False
 
 
 def choose(settings: Settings) -> Choice:
@@ -60,12 +91,13 @@ def choose(settings: Settings) -> Choice:
     spec = settings.model
     if is_export_folder(spec):  # before importing torch: an ONNX-only process may run without it
         return Choice("onnx", spec, "an `afrl export` folder: onnxruntime")
-    import torch
-
     from afrl.hardware import cpu_has_native_bf16
 
-    if settings.device != "cpu" and torch.cuda.is_available():
-        return Choice("torch", spec, "torch sees a GPU: torch on CUDA")
+    if settings.device != "cpu" and gpu_device_present():
+        import torch
+
+        if torch.cuda.is_available():
+            return Choice("torch", spec, "torch sees a GPU: torch on CUDA")
     if cpu_has_native_bf16():
         return Choice("torch", spec, "this CPU has native bf16 (AMX or AVX512-BF16): torch in bf16")
     folder, refusal = int8_export(spec, settings.threads)
@@ -85,21 +117,30 @@ def choose(settings: Settings) -> Choice:
     )
 
 
-def int8_export(spec: str, threads: int | None) -> tuple[Path, str | None]:
-    """(folder, None): the model's ONNX export with its INT8 scorer, built once under the AFRL cache; or
-    (folder, why) when the INT8 gate refused it (remembered too, so no later start exports again)."""
+def int8_export_folder(spec: str) -> tuple[Path, dict[str, Any]]:
+    """(folder, stamp) of the model's `--backend auto` export under the AFRL cache; the stamp is keyed by the
+    model's files, so a changed model gets a new folder."""
     from afrl.models import cache_dir, resolve
-    from export.cache import cached, slug, source_fingerprint, write_stamp
-    from export.parity import ExportError
-    from export.pipeline import ExportOptions, export_model
+    from export.cache import slug, source_fingerprint
 
     source = resolve(spec)
     stamp = {"spec": spec, "purpose": "afrl serve --backend auto", **source_fingerprint(source), "decoder": 2}
-    folder = cache_dir() / "serve" / f"onnx-{source.name}-{slug(stamp)}"
+    return cache_dir() / "serve" / f"onnx-{source.name}-{slug(stamp)}", stamp
+
+
+def int8_export(spec: str, threads: int | None) -> tuple[Path, str | None]:
+    """(folder, None): the model's ONNX export with its INT8 scorer, built once under the AFRL cache; or
+    (folder, why) when the INT8 gate refused it (remembered too, so no later start exports again)."""
+    from export.cache import cached, write_stamp
+
+    folder, stamp = int8_export_folder(spec)
     refused = folder / REFUSED
     if cached(folder, stamp):
         log.info("backend auto: reusing the ONNX export in %s", folder)
         return folder, refused.read_text() if refused.is_file() else None
+    from export.parity import ExportError  # the export's modules import torch: only when exporting
+    from export.pipeline import ExportOptions, export_model
+
     log.info("backend auto: exporting %s to ONNX with INT8 into %s (once; later starts reuse it)", spec, folder)
     options = ExportOptions(
         out=folder,

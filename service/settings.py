@@ -17,7 +17,7 @@ class Settings(BaseSettings):
 
     model: str = Field(default="default", description="`default`, a model folder or hub id; for onnx an export folder")
     backend: Literal["torch", "onnx", "auto"] = Field(
-        default="torch",
+        default="auto",
         description="inference backend; auto: the fastest for this machine (service/backend_choice.py)",
     )
     host: str = Field(default="127.0.0.1", description="bind address")

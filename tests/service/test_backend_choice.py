@@ -30,6 +30,7 @@ def settings(model: Path, **kw) -> Settings:
 def no_bf16_cpu(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(afrl.hardware, "cpu_has_native_bf16", lambda *a: False)
+    monkeypatch.setattr(backend_choice, "gpu_device_present", lambda: False)
 
 
 def test_an_export_folder_goes_to_onnx_and_a_gpu_or_bf16_cpu_to_torch(tmp_path, monkeypatch):
@@ -39,10 +40,21 @@ def test_an_export_folder_goes_to_onnx_and_a_gpu_or_bf16_cpu_to_torch(tmp_path, 
     assert backend_choice.choose(settings(folder)).backend == "onnx"
     model = tmp_path / "model"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(backend_choice, "gpu_device_present", lambda: True)
     assert backend_choice.choose(settings(model)).reason == "torch sees a GPU: torch on CUDA"
     monkeypatch.setattr(afrl.hardware, "cpu_has_native_bf16", lambda *a: True)
     cpu = backend_choice.choose(settings(model, device="cpu"))  # --device cpu: the GPU is not used
     assert cpu.backend == "torch" and "native bf16" in cpu.reason and cpu.model == str(model)
+
+
+def test_torch_is_not_asked_about_a_gpu_where_no_gpu_device_file_exists(tmp_path, monkeypatch):
+    monkeypatch.setattr(backend_choice, "GPU_DEVICE_FILES", (str(tmp_path / "nvidia[0-9]*"),))
+    assert not backend_choice.gpu_device_present()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: pytest.fail("torch was asked"))
+    monkeypatch.setattr(afrl.hardware, "cpu_has_native_bf16", lambda *a: True)
+    assert backend_choice.choose(settings(tmp_path / "model")).backend == "torch"  # rule 3, torch never asked
+    (tmp_path / "nvidia0").touch()
+    assert backend_choice.gpu_device_present()
 
 
 def test_a_cpu_without_bf16_gets_the_int8_export_once(tmp_path, cache, monkeypatch):

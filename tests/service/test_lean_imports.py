@@ -103,3 +103,67 @@ def test_serve_keeps_torch_out_only_for_an_onnx_only_process(tiny_export: Path, 
     assert serves_onnx_only(Settings(model=str(tiny_export), backend="auto"))  # rule 1 of --backend auto
     assert not serves_onnx_only(Settings(model=str(tmp_path), backend="auto"))  # may choose torch
     assert not serves_onnx_only(Settings(model=str(tiny_export), backend="torch"))
+
+
+# What a fresh interpreter runs to make --backend auto's choice like `afrl serve` on a CPU without native bf16 and
+# without GPU device files (patched, so that the test means the same on every CI machine kind).
+_NO_BF16_NO_GPU = (
+    "import afrl.hardware, service.backend_choice as bc\n"
+    "afrl.hardware.cpu_has_native_bf16 = lambda *a: False\nbc.gpu_device_present = lambda: False\n"
+)
+
+
+@pytest.fixture
+def auto_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """(model, its --backend auto INT8 export, built once into a temporary AFRL cache, gate opened for a random
+    tiny model, with the prefix LM's own decoder)."""
+    import functools
+
+    import export.pipeline
+    from service import backend_choice
+
+    monkeypatch.setenv("AFRL_CACHE_DIR", str(tmp_path / "afrl-cache"))
+    gate_open = functools.partial(export.pipeline.ExportOptions, int8_min_agreement=0.0, int8_max_score_delta=1.0)
+    monkeypatch.setattr(export.pipeline, "ExportOptions", gate_open)
+    model = save_tiny_model(tmp_path / "bert", arch="bert")
+    folder, refusal = backend_choice.int8_export(str(model), 1)
+    assert refusal is None
+    return model, folder
+
+
+@pytest.mark.slow  # a real (tiny) export
+def test_auto_with_its_int8_export_built_serves_without_torch(auto_export, monkeypatch: pytest.MonkeyPatch):
+    """Rule 4's later starts: the export exists, so the choice needs neither torch nor an export, and the server
+    keeps torch out; the first start (no export yet), a native-bf16 CPU, a GPU or a refused INT8 graph do not."""
+    import afrl.hardware
+    from service import backend_choice
+    from service.backend_choice import REFUSED, serves_onnx_only
+    from service.settings import Settings
+
+    model, folder = auto_export
+    auto = Settings(model=str(model), backend="auto", threads=1, warmup=False)
+    monkeypatch.setattr(afrl.hardware, "cpu_has_native_bf16", lambda *a: False)
+    monkeypatch.setattr(backend_choice, "gpu_device_present", lambda: False)
+    assert serves_onnx_only(auto)
+    code = _NO_BF16_NO_GPU + (
+        "from afrl.lean_imports import keep_torch_out\nfrom service.settings import Settings\n"
+        "from service.backends import load_backend\n"
+        f"s = Settings(model={str(model)!r}, backend='auto', threads=1, warmup=False)\n"
+        "assert bc.serves_onnx_only(s) and keep_torch_out()\nb = load_backend(s)\n"
+        f"assert b.name == 'onnx' and b.runtime_info()['scorer'] == 'int8' and {str(folder)!r} in b.chosen\n"
+        "p = b.builder.build_many([('population of berlin', 'Berlin had 3.5 million inhabitants.')])\n"
+        "assert b.grade_logits(p).shape == (1, len(b.scale.labels))\n"
+    )
+    assert loaded_after(code, ("torch",)) == []
+    monkeypatch.setattr(backend_choice, "gpu_device_present", lambda: True)
+    assert not serves_onnx_only(auto)  # torch must look at the GPU
+    assert serves_onnx_only(Settings(model=str(model), backend="auto", device="cpu"))  # --device cpu: it need not
+    monkeypatch.setattr(afrl.hardware, "cpu_has_native_bf16", lambda *a: True)
+    assert not serves_onnx_only(auto)  # rule 3: torch bf16
+    monkeypatch.setattr(afrl.hardware, "cpu_has_native_bf16", lambda *a: False)
+    monkeypatch.setattr(backend_choice, "gpu_device_present", lambda: False)
+    (folder / REFUSED).write_text("INT8 refused")
+    assert not serves_onnx_only(auto)  # the gate refused INT8: torch fp32
+    (folder / REFUSED).unlink()
+    monkeypatch.setenv("AFRL_CACHE_DIR", str(folder.parent.parent.parent / "empty-cache"))
+    assert not serves_onnx_only(auto)  # first start: the export needs torch
