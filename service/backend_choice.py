@@ -60,47 +60,47 @@ def gpu_device_present() -> bool:
 
 
 def serves_onnx_only(settings: Settings) -> bool:
-    """Whether this process will only ever run onnxruntime: `--backend onnx`, auto on an export folder (rule 1), or
-    auto where rule 4 applies and its INT8 export is already built, passed its gate and has its own explanation
-    decoder (every start after the first, on a CPU without native bf16). Then `afrl serve` keeps torch out of it
-    (afrl/lean_imports.py). Decided without importing torch and without exporting anything."""
-    if settings.backend == "onnx":
-        return True
+    """Whether this process will only ever run onnxruntime: `--backend onnx`, or auto whose choice is onnx and can be
+    made without torch and without exporting (rule 1, an export folder; or rule 4 once its INT8 export is built,
+    passed its gate and has its own explanation decoder: every start after the first, on a CPU without native
+    bf16). Then `afrl serve` keeps torch out of it (afrl/lean_imports.py)."""
     if settings.backend != "auto":
-        return False
-    if is_export_folder(settings.model):
-        return True
-    from afrl.hardware import cpu_has_native_bf16
-
-    if (settings.device != "cpu" and gpu_device_present()) or cpu_has_native_bf16():
-        return False
-    from afrl.manifest import Manifest
-    from export.cache import cached
-
+        return settings.backend == "onnx"
     try:
-        folder, stamp = int8_export_folder(settings.model)
-        if not cached(folder, stamp) or (folder / REFUSED).is_file():
-            return False
-        return "decoder" in Manifest.read(folder).extra  # else /explain would load the torch model
+        choice = _choose(settings, build=False)
     except Exception:  # e.g. a model that is not there: the load says what is wrong, with its own message
         return False
+    return choice is not None and choice.backend == "onnx" and choice.explain_with is None
 
 
 def choose(settings: Settings) -> Choice:
     """Apply the rules of the module docstring to `settings` (whose backend is "auto")."""
+    choice = _choose(settings, build=True)
+    assert choice is not None  # building, every rule decides
+    return choice
+
+
+def _choose(settings: Settings, build: bool) -> Choice | None:
+    """The rules; with `build` False, None where deciding needs torch (GPU device files exist) or an export that is
+    not built yet, so that nothing is imported or exported."""
     spec = settings.model
     if is_export_folder(spec):  # before importing torch: an ONNX-only process may run without it
         return Choice("onnx", spec, "an `afrl export` folder: onnxruntime")
     from afrl.hardware import cpu_has_native_bf16
 
     if settings.device != "cpu" and gpu_device_present():
+        if not build:
+            return None  # only torch can tell whether it sees the GPU
         import torch
 
         if torch.cuda.is_available():
             return Choice("torch", spec, "torch sees a GPU: torch on CUDA")
     if cpu_has_native_bf16():
         return Choice("torch", spec, "this CPU has native bf16 (AMX or AVX512-BF16): torch in bf16")
-    folder, refusal = int8_export(spec, settings.threads)
+    found = int8_export(spec, settings.threads) if build else cached_int8_export(*int8_export_folder(spec))
+    if found is None:
+        return None
+    folder, refusal = found
     if refusal is not None:
         return Choice("torch", spec, f"no native bf16, and INT8 failed its accuracy gate ({refusal}): torch fp32")
     from afrl.manifest import Manifest
@@ -128,16 +128,28 @@ def int8_export_folder(spec: str) -> tuple[Path, dict[str, Any]]:
     return cache_dir() / "serve" / f"onnx-{source.name}-{slug(stamp)}", stamp
 
 
+def cached_int8_export(folder: Path, stamp: dict[str, Any]) -> tuple[Path, str | None] | None:
+    """`int8_export`'s answer where the export in `folder` (of `int8_export_folder`) is already built, without
+    importing the exporter; else None."""
+    from export.cache import cached
+
+    if not cached(folder, stamp):
+        return None
+    refused = folder / REFUSED
+    return folder, refused.read_text() if refused.is_file() else None
+
+
 def int8_export(spec: str, threads: int | None) -> tuple[Path, str | None]:
     """(folder, None): the model's ONNX export with its INT8 scorer, built once under the AFRL cache; or
     (folder, why) when the INT8 gate refused it (remembered too, so no later start exports again)."""
-    from export.cache import cached, write_stamp
+    from export.cache import write_stamp
 
     folder, stamp = int8_export_folder(spec)
-    refused = folder / REFUSED
-    if cached(folder, stamp):
+    found = cached_int8_export(folder, stamp)
+    if found is not None:
         log.info("backend auto: reusing the ONNX export in %s", folder)
-        return folder, refused.read_text() if refused.is_file() else None
+        return found
+    refused = folder / REFUSED
     from export.parity import ExportError  # the export's modules import torch: only when exporting
     from export.pipeline import ExportOptions, export_model
 
