@@ -339,7 +339,7 @@ def models_section(item: dict[str, Any]) -> str:
     )
 
 
-def served_precision(item: dict[str, Any]) -> str:
+def rerank_precision(item: dict[str, Any]) -> str:
     """Item 9's number type: `precision` (torch dtype or ONNX scorer, from /info), or `dtype` in older JSON, whose
     server was always torch."""
     return str(item.get("precision") or item.get("dtype"))
@@ -349,7 +349,7 @@ def rerank_section(item: dict[str, Any]) -> str:
     c = item["document_chars"]
     return (
         f"`afrl serve --model {item['served_model']}` in its own process ({item['served_backend']} backend, "
-        f"{served_precision(item)}, the service defaults: `--backend {'auto' if 'precision' in item else 'torch'}`, "
+        f"{rerank_precision(item)}, the service defaults: `--backend {'auto' if 'precision' in item else 'torch'}`, "
         f"dynamic batching with `max_batch_pairs` "
         f"{item['max_batch_pairs']}, prefix reuse where the backend has it). "
         + (f"What `--backend auto` chose, as /info says: {item['chosen']}. " if item.get("chosen") else "")

@@ -210,25 +210,21 @@ def bench_service(
     bodies = request_bodies(in_process.builder, in_process.tokenizer, 64, cfg.service_prompt_tokens)
     modes = _serve_modes_interleaved(
         {"batching_on": cfg.service_max_batch, "batching_off": 1, CONTROL: 1}, serve_model, serve_backend, dtype,
-        bodies, cfg, workdir,
+        bodies, cfg, workdir, cfg.service_concurrency,
     )  # fmt: skip
     control = modes.pop(CONTROL)
     modes["batching_off"]["in_process_c1"] = in_process_ms(in_process, bodies[0], cfg)
     rss = {serve_backend: modes["batching_on"]["peak_rss_mb"]}
+    top = max(cfg.service_concurrency)
     other_server = None
     if other is not None and other[1] != serve_backend:
         model, backend, other_dtype = other
-        server = Server(
-            model, backend, other_dtype, cfg.threads, cfg.service_max_batch, workdir / f"server-{backend}.log"
-        )
-        try:
-            label = f"{backend}, batching_on"
-            other_server = _serve_levels(server, bodies, cfg, [max(cfg.service_concurrency)], label)
-            other_server.update(backend=backend, dtype=other_dtype)
-            rss[backend] = other_server["peak_rss_mb"]
-        finally:
-            server.stop()
-    top = max(cfg.service_concurrency)
+        mode = f"{backend}_batching_on"
+        other_server = _serve_modes_interleaved(
+            {mode: cfg.service_max_batch}, model, backend, other_dtype, bodies, cfg, workdir, [top]
+        )[mode]
+        other_server.update(backend=backend, dtype=other_dtype)
+        rss[backend] = other_server["peak_rss_mb"]
 
     def rps(mode: str, c: int) -> float:
         return float(next(r["throughput_rps"] for r in modes[mode]["levels"] if r["concurrency"] == c))
@@ -283,10 +279,11 @@ def in_process_batch(backend: Any, bodies: list[dict[str, Any]], cfg: BenchConfi
 
 def _serve_modes_interleaved(
     max_batch: dict[str, int], model: str, backend: str, dtype: str, bodies: list[dict[str, Any]], cfg: BenchConfig,
-    workdir: Path,
+    workdir: Path, concurrency: Sequence[int],
 ) -> dict[str, Any]:  # fmt: skip
-    """Both servers up at once; at each concurrency level, `service_rounds` rounds of `service_seconds` each, the
-    modes taking turns in alternating order. Per mode: start time, pooled levels, padding efficiency, peak RSS."""
+    """One server per mode (its `max_batch_pairs`), all up at once; at each concurrency level, `service_rounds`
+    rounds of `service_seconds` each, the modes taking turns in alternating order. Per mode: start time, pooled
+    levels, padding efficiency, peak RSS."""
     servers = {
         m: Server(model, backend, dtype, cfg.threads, b, workdir / f"server-{m}.log") for m, b in max_batch.items()
     }
@@ -299,7 +296,7 @@ def _serve_modes_interleaved(
             log.info("bench: server (%s, %s) ready at %s", backend, mode, server.url)
             asyncio.run(_load(server.url, bodies, 4, min(2.0, cfg.service_seconds)))  # warm-up
         rounds: dict[str, dict[int, list[dict[str, Any]]]] = {m: {} for m in servers}
-        for c in cfg.service_concurrency:
+        for c in concurrency:
             for r in range(cfg.service_rounds):
                 for mode in list(servers) if r % 2 == 0 else list(reversed(servers)):
                     row = asyncio.run(_load(servers[mode].url, bodies, c, cfg.service_seconds))
@@ -316,23 +313,6 @@ def _serve_modes_interleaved(
     finally:
         for server in servers.values():
             server.stop()
-
-
-def _serve_levels(
-    server: Server, bodies: list[dict[str, Any]], cfg: BenchConfig, concurrency: Sequence[int], label: str
-) -> dict[str, Any]:
-    """Wait for `server`, warm it up, load it at each concurrency level; its levels, start time and peak RSS."""
-    started = time.perf_counter()
-    server.wait_ready()
-    ready_s = time.perf_counter() - started
-    log.info("bench: server (%s) ready in %.1f s at %s", label, ready_s, server.url)
-    asyncio.run(_load(server.url, bodies, 4, min(2.0, cfg.service_seconds)))  # warm-up
-    levels = [asyncio.run(_load(server.url, bodies, c, cfg.service_seconds)) for c in concurrency]
-    for row in levels:
-        del row["_latencies"]
-        log.info("bench: %s c=%d: %.1f req/s, p50 %.0f ms, p99 %.0f ms", label, row["concurrency"],
-                 row["throughput_rps"], row["p50_ms"], row["p99_ms"])  # fmt: skip
-    return {"ready_s": round(ready_s, 1), "levels": levels, "peak_rss_mb": vm_hwm_mb(server.proc.pid)}
 
 
 def _scorer_name(backend: Any, dtype: str) -> str:
